@@ -1,0 +1,1 @@
+"""Subcommands: filled in by their feature (see leaf_engine/cli/__init__.py)."""

@@ -1,0 +1,682 @@
+"""The production request: schema, defaults, legacy aliases, validation and expansion into jobs (SPEC §3).
+
+``parse_request`` accepts the ancestor tool's dictionary (legacy spellings reported as deprecation warnings) and
+either returns a normalised :class:`ProductionRequest` or raises :class:`RequestError` listing *every* problem —
+key, offending value and rule. Nothing invalid is silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import calendar
+import difflib
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from odc.geo.geobox import GeoBox
+from pydantic import BaseModel, ConfigDict
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from . import grid, naming, products, sensors
+from .errors import GridError, Problem, RequestError
+
+SHIPPED_NETWORKS_DIR = Path(__file__).parent / "data" / "nets"
+ALGORITHMS = ("SL2P", "SL2P-CCRS")
+OUT_LOCATIONS = ("storage", "local")
+RERUN_MODES = ("skip_existing", "overwrite")
+EXTRA_PRODUCTS = {"qc": "QC", "date": "Date", "partition": "Partition"}
+"""Accepted in ``prod_names`` for compatibility: QC and Date are always written, Partition with SL2P-CCRS."""
+
+LEGACY_KEYS: dict[str, str] = {
+    "spatial_scale": "resolution",
+    "custom_region": "regions",
+    "start_date": "start_dates",
+    "stop_date": "end_dates",
+    "end_date": "end_dates",
+    "bucket": "GCS_bucket",
+    "folder": "out_folder",
+}
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ProductionRequest(BaseModel):
+    """A validated, normalised production request. Build it with :func:`parse_request`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sensor: str
+    year: int | None = None
+    months: list[int] | None = None
+    start_dates: list[date] | None = None
+    end_dates: list[date] | None = None
+    tile_names: list[str] | None = None
+    regions: dict[str, dict[str, Any]] | None = None
+    prod_names: list[str]
+    resolution: int
+    projection: str = grid.GRID_CRS
+    out_location: Literal["storage", "local"] = "storage"
+    GCS_bucket: str | None = None
+    out_folder: str = ""
+    algorithm: Literal["SL2P", "SL2P-CCRS"] = "SL2P"
+    networks: str | None = None
+    uncertainty: bool = False
+    scenes: str | None = None
+    rerun: Literal["skip_existing", "overwrite"] = "skip_existing"
+    warnings: list[str] = []
+    supplied_request_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised request as JSON-able data (what ``leaf validate`` prints), with its ``request_id``."""
+        d = self.model_dump(mode="json", exclude={"supplied_request_id"})
+        d["request_id"] = self.request_id
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the request's outputs: the normalised fields without warnings or rerun policy."""
+        return self.model_dump(mode="json", exclude={"warnings", "supplied_request_id", "rerun"})
+
+    @property
+    def request_id(self) -> str:
+        if self.supplied_request_id:
+            return self.supplied_request_id
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def windows(self) -> list[tuple[date, date]]:
+        """Inclusive time windows: explicit dates, or each month (1st..last day), or 15 Jun–15 Sep."""
+        if self.start_dates is not None and self.end_dates is not None:
+            return list(zip(self.start_dates, self.end_dates, strict=True))
+        assert self.year is not None and self.months is not None
+        return [month_window(self.year, m) for m in self.months]
+
+    def region_list(self) -> list[grid.Region]:
+        if self.regions:
+            return [grid.region_from_geojson(n, g) for n, g in self.regions.items()]
+        return [grid.region_for_tile(t) for t in self.tile_names or []]
+
+    def output_products(self) -> tuple[str, ...]:
+        """Every product file a job writes, in a fixed order."""
+        out = list(self.prod_names)
+        if self.uncertainty:
+            out += [f"{p}{products.UNCERTAINTY_SUFFIX}" for p in self.prod_names]
+        out += ["QC", "Date"]
+        if self.algorithm == "SL2P-CCRS":
+            out.append("Partition")
+        return tuple(out)
+
+    def network_set(self, sensor_id: str) -> str:
+        """Network set (id or path) for one member sensor."""
+        if self.networks:
+            return self.networks
+        return sensors.SENSORS[sensor_id].networks[self.algorithm]
+
+    def jobs(self) -> list[Job]:
+        return self._jobs
+
+    @cached_property
+    def _jobs(self) -> list[Job]:
+        rid = self.request_id
+        prods = self.output_products()
+        return [
+            Job(
+                rid,
+                self.sensor,
+                self.algorithm,
+                self.networks,
+                region,
+                start,
+                end,
+                self.resolution,
+                self.projection,
+                prods,
+                self.out_folder,
+                self.GCS_bucket,
+            )
+            for region in self.region_list()
+            for start, end in self.windows()
+        ]
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One region × time window of a request: yields the requested products + QC + Date."""
+
+    request_id: str
+    sensor: str
+    algorithm: str
+    networks: str | None
+    region: grid.Region
+    start: date
+    end: date
+    resolution: int
+    crs: str
+    products: tuple[str, ...]
+    out_folder: str
+    bucket: str | None
+
+    @property
+    def period(self) -> str:
+        return naming.period_token(self.start, self.end)
+
+    @property
+    def year(self) -> int:
+        return self.start.year
+
+    @property
+    def job_id(self) -> str:
+        """Unique within its request and deterministic: the STAC item id of its outputs."""
+        return naming.item_id(self.region.name, self.year, self.period)
+
+    def geobox(self) -> GeoBox:
+        return self.region.geobox(self.resolution, self.crs)
+
+    def output_names(self) -> list[naming.OutputName]:
+        return [
+            naming.OutputName(self.out_folder, self.region.name, self.year, self.period, p, self.resolution)
+            for p in self.products
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "region": self.region.name,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "period": self.period,
+            "year": self.year,
+            "products": list(self.products),
+            "resolution": self.resolution,
+            "crs": self.crs,
+        }
+
+
+def month_window(year: int, month: int) -> tuple[date, date]:
+    """A month is its 1st to its last day; a negative month is the peak season 15 Jun–15 Sep (inclusive)."""
+    if month < 0:
+        return date(year, *naming.SEASON_START), date(year, *naming.SEASON_END)
+    return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def parse_request(
+    data: Mapping[str, Any] | str | bytes, *, request_id: str | None = None, today: date | None = None
+) -> ProductionRequest:
+    """Validate and normalise a production dictionary (a mapping, or JSON text/bytes).
+
+    Raises :class:`RequestError` with every problem found.
+    """
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError([Problem("(message)", repr(bytes(data[:40])), f"must be UTF-8 JSON: {e}")]) from e
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise RequestError([Problem("(message)", data[:80], f"must be a JSON object: {e}")]) from e
+    if not isinstance(data, Mapping):
+        raise RequestError([Problem("(message)", data, "must be a JSON object (the production dictionary)")])
+    return _Validator(dict(data), today or date.today()).run(request_id)
+
+
+_FIELDS = tuple(ProductionRequest.model_fields)
+_PUBLIC_KEYS = tuple(k for k in _FIELDS if k not in ("warnings", "supplied_request_id"))
+
+
+class _Validator:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self, raw: dict[str, Any], today: date):
+        self.raw = raw
+        self.today = today
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self.v: dict[str, Any] = {}
+
+    def bad(self, key: str, value: Any, rule: str) -> None:
+        self.problems.append(Problem(key, value, rule))
+
+    def run(self, request_id: str | None) -> ProductionRequest:
+        data = self._resolve_keys()
+        for key in _PUBLIC_KEYS:
+            check: Callable[[Any], None] = getattr(self, f"_check_{key}")
+            check(data.get(key, _MISSING))
+        self._check_cross()
+        if request_id is not None and not _REQUEST_ID_RE.match(str(request_id)):
+            self.bad("request_id", request_id, "must be 1-128 characters of letters, digits, '_', '.', '-'")
+        if self.problems:
+            raise RequestError(self.problems)
+        return ProductionRequest(**self.v, warnings=self.warnings, supplied_request_id=request_id)
+
+    # -- keys ----------------------------------------------------------------------------------------------------
+    def _resolve_keys(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        known_lower = {k.lower(): k for k in _PUBLIC_KEYS}
+        for key, value in self.raw.items():
+            if key in LEGACY_KEYS:
+                new = LEGACY_KEYS[key]
+                if new in self.raw or new in data:
+                    self.bad(key, value, f"legacy key '{key}' conflicts with '{new}'; give only '{new}'")
+                    continue
+                self.warnings.append(f"'{key}' is deprecated: use '{new}'")
+                data[new] = _legacy_value(key, value)
+            elif key in _PUBLIC_KEYS:
+                data[key] = value
+            elif key.lower() in known_lower:
+                self.bad(
+                    key, value, f"unknown key; did you mean '{known_lower[key.lower()]}'? (keys are case-sensitive)"
+                )
+            else:
+                close = difflib.get_close_matches(key, [*_PUBLIC_KEYS, *LEGACY_KEYS], n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(_PUBLIC_KEYS)}"
+                self.bad(key, value, f"unknown key{hint}")
+        return data
+
+    # -- one checker per key (value is _MISSING when absent) ---------------------------------------------------------
+    def _check_sensor(self, value: Any) -> None:
+        if value is _MISSING:
+            self.bad("sensor", None, f"required: one of {', '.join(sensors.REQUEST_SENSORS)}")
+        elif not isinstance(value, str) or value.upper() not in sensors.REQUEST_SENSORS:
+            self.bad("sensor", value, f"must be one of {', '.join(sensors.REQUEST_SENSORS)} (case-insensitive)")
+        else:
+            self.v["sensor"] = value.upper()
+
+    def _check_year(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not _is_int(value):
+            self.bad("year", value, "must be an integer year")
+            return
+        if not 1984 <= value <= self.today.year:
+            self.bad("year", value, f"must be between 1984 and {self.today.year}")
+            return
+        self.v["year"] = int(value)
+
+    def _check_months(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if _is_int(value):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(_is_int(m) for m in value):
+            self.bad(
+                "months",
+                value,
+                "must be a non-empty list of month numbers 1..12, or one negative value (peak season 15 Jun-15 Sep)",
+            )
+            return
+        negatives = [m for m in value if m < 0]
+        if negatives and len(value) > 1:
+            self.bad("months", value, "a negative value (peak season) must be the only entry")
+            return
+        for m in value:
+            if m == 0 or m > 12:
+                self.bad("months", m, "month must be 1..12 (or one negative value for 15 Jun-15 Sep)")
+        if len(set(value)) != len(value):
+            self.bad("months", value, "months must not repeat")
+        if not any(p.key == "months" for p in self.problems):
+            self.v["months"] = [-1] if negatives else sorted(value)
+
+    def _check_start_dates(self, value: Any) -> None:
+        self._check_dates("start_dates", value)
+
+    def _check_end_dates(self, value: Any) -> None:
+        self._check_dates("end_dates", value)
+
+    def _check_dates(self, key: str, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.bad(key, value, "must be a non-empty list of ISO dates (YYYY-MM-DD)")
+            return
+        out = []
+        for d in value:
+            try:
+                out.append(date.fromisoformat(d) if isinstance(d, str) and len(d) == 10 else _raise())
+            except ValueError:
+                self.bad(key, d, "must be an ISO date YYYY-MM-DD")
+        if len(out) == len(value):
+            self.v[key] = out
+
+    def _check_tile_names(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+            self.bad("tile_names", value, "must be a non-empty list of tile names like 'tile42' or 'tile42_411'")
+            return
+        ok = True
+        for t in value:
+            try:
+                grid.tile(t)
+            except GridError as e:
+                self.bad("tile_names", t, str(e))
+                ok = False
+        if ok:
+            unique = list(dict.fromkeys(value))
+            if len(unique) != len(value):
+                self.warnings.append("tile_names: repeated tiles listed once")
+            self.v["tile_names"] = unique
+
+    def _check_regions(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not isinstance(value, dict) or not value:
+            self.bad("regions", value, "must be an object {name: GeoJSON Polygon/MultiPolygon in lon/lat}")
+            return
+        ok = True
+        for name, geom in value.items():
+            if not naming.is_valid_region_name(name):
+                self.bad(
+                    f"regions.{name}",
+                    name,
+                    f"region name must match {naming.REGION_PATTERN} (it becomes part of file names)",
+                )
+                ok = False
+            elif grid.is_tile_name(name):
+                self.bad(f"regions.{name}", name, "region name must not be a tile name; use tile_names for tiles")
+                ok = False
+            try:
+                grid.parse_region_geometry(geom)
+            except GridError as e:
+                self.bad(f"regions.{name}", _short(geom), str(e))
+                ok = False
+        if ok:
+            self.v["regions"] = {n: _geometry_of(g) for n, g in value.items()}
+
+    def _check_prod_names(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            self.v["prod_names"] = list(products.BIOPHYSICAL)
+            return
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            self.bad("prod_names", value, f"must be a list drawn from {', '.join(products.BIOPHYSICAL)}")
+            return
+        canon = {p.lower(): p for p in products.BIOPHYSICAL}
+        chosen: set[str] = set()
+        for p in value:
+            if p.lower() in canon:
+                chosen.add(canon[p.lower()])
+            elif p.lower() not in EXTRA_PRODUCTS:
+                close = difflib.get_close_matches(p, [*products.BIOPHYSICAL, "QC", "date", "partition"], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.bad("prod_names", p, f"unknown product: use {', '.join(products.BIOPHYSICAL)}{hint}")
+        if "partition" in [p.lower() for p in value]:
+            self.v["_wants_partition"] = True
+        if not chosen and not any(p.key == "prod_names" for p in self.problems):
+            self.bad("prod_names", value, f"name at least one of {', '.join(products.BIOPHYSICAL)}")
+        self.v["prod_names"] = [p for p in products.BIOPHYSICAL if p in chosen]
+
+    def _check_resolution(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return  # default chosen in _check_cross once the sensor is known
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not _is_int(value) or value <= 0:
+            self.bad("resolution", value, "must be a positive integer number of metres")
+        elif value > 100_000:
+            self.bad("resolution", value, "must be at most 100000 m")
+        else:
+            self.v["resolution"] = value
+
+    def _check_projection(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        try:
+            crs = CRS.from_user_input(value)
+        except (CRSError, TypeError, ValueError):
+            self.bad("projection", value, "unknown CRS: give one pyproj knows, e.g. 'EPSG:3979'")
+            return
+        auth = crs.to_authority()
+        self.v["projection"] = f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
+
+    def _check_out_location(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        v = value.lower() if isinstance(value, str) else value
+        if v == "drive":
+            self.bad(
+                "out_location",
+                value,
+                "Google Drive export is not supported: use 'storage' (with GCS_bucket) or 'local'",
+            )
+        elif v not in OUT_LOCATIONS:
+            self.bad("out_location", value, f"must be one of {', '.join(OUT_LOCATIONS)}")
+        else:
+            self.v["out_location"] = v
+
+    def _check_GCS_bucket(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        rule = gcs_bucket_problem(value)
+        if rule:
+            self.bad("GCS_bucket", value, rule)
+        else:
+            self.v["GCS_bucket"] = value
+
+    def _check_out_folder(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not isinstance(value, str):
+            self.bad("out_folder", value, "must be a string (a folder path inside the bucket or output folder)")
+            return
+        folder = value.strip("/")
+        parts = folder.split("/") if folder else []
+        if any(p in ("", ".", "..") for p in parts) or re.search(r"[\s\\#\[\]*?]", folder) or len(folder) > 512:
+            self.bad(
+                "out_folder",
+                value,
+                "must be a relative path of non-empty parts without '..', spaces, backslashes or wildcards",
+            )
+        elif parts and parts[0] in (naming.RUNS_DIR, naming.ERRORS_DIR, naming.CATALOG_DIR):
+            self.bad("out_folder", value, f"must not start with the reserved folder '{parts[0]}'")
+        else:
+            self.v["out_folder"] = folder
+
+    def _check_algorithm(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        norm = {a.lower().replace("_", "-"): a for a in ALGORITHMS}
+        key = value.lower().replace("_", "-") if isinstance(value, str) else None
+        if key not in norm:
+            self.bad("algorithm", value, f"must be one of {', '.join(ALGORITHMS)}")
+        else:
+            self.v["algorithm"] = norm[key]
+
+    def _check_networks(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not isinstance(value, str) or not value:
+            self.bad("networks", value, "must be a shipped network set id or a path/URI of a sl2p-nets/1 JSON file")
+        elif not (
+            value.startswith(("gs://", "http://", "https://"))
+            or (SHIPPED_NETWORKS_DIR / f"{value}.json").exists()
+            or Path(value).is_file()
+        ):
+            shipped = sorted(p.stem for p in SHIPPED_NETWORKS_DIR.glob("*.json"))
+            self.bad("networks", value, f"no such file or shipped set; shipped sets: {', '.join(shipped)}")
+        else:
+            self.v["networks"] = value
+
+    def _check_uncertainty(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not isinstance(value, bool):
+            self.bad("uncertainty", value, "must be true or false")
+        else:
+            self.v["uncertainty"] = value
+
+    def _check_scenes(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not isinstance(value, str) or not value:
+            self.bad("scenes", value, "must be a path or URL of a STAC ItemCollection or catalog")
+        else:
+            self.v["scenes"] = value
+
+    def _check_rerun(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if value not in RERUN_MODES:
+            self.bad("rerun", value, f"must be one of {', '.join(RERUN_MODES)}")
+        else:
+            self.v["rerun"] = value
+
+    # -- rules across keys ---------------------------------------------------------------------------------------
+    def _check_cross(self) -> None:
+        raw_has = {k for k in _PUBLIC_KEYS if self.raw.get(k) is not None} | {
+            LEGACY_KEYS[k] for k in self.raw if k in LEGACY_KEYS and self.raw[k] is not None
+        }
+        sensor = self.v.get("sensor")
+        self._check_time(raw_has, sensor)
+        self._check_where(raw_has)
+        if sensor and "resolution" not in raw_has:
+            self.v["resolution"] = sensors.members(sensor)[0].default_resolution
+        self._check_resolution_fits()
+        if self.v.get("out_location", "storage") == "storage" and "GCS_bucket" not in raw_has:
+            self.bad("GCS_bucket", None, "required when out_location is 'storage' (or set out_location to 'local')")
+        algorithm = self.v.get("algorithm", "SL2P")
+        if sensor and algorithm == "SL2P-CCRS" and "networks" not in raw_has:
+            missing = [m.id for m in sensors.members(sensor) if "SL2P-CCRS" not in m.networks]
+            if missing:
+                self.bad(
+                    "algorithm",
+                    algorithm,
+                    f"no SL2P-CCRS networks are shipped for {', '.join(missing)}: use SL2P or give 'networks'",
+                )
+        if self.v.pop("_wants_partition", False) and algorithm != "SL2P-CCRS":
+            self.warnings.append("prod_names: 'partition' is only written with algorithm SL2P-CCRS; ignored")
+
+    def _check_time(self, raw_has: set[str], sensor: str | None) -> None:
+        has_dates = "start_dates" in raw_has or "end_dates" in raw_has
+        starts, ends = self.v.get("start_dates"), self.v.get("end_dates")
+        if has_dates:
+            if ("start_dates" in raw_has) != ("end_dates" in raw_has):
+                missing = "end_dates" if "start_dates" in raw_has else "start_dates"
+                self.bad(missing, None, "start_dates and end_dates must be given together")
+            elif starts is not None and ends is not None:
+                if len(starts) != len(ends):
+                    self.bad(
+                        "end_dates",
+                        [d.isoformat() for d in ends],
+                        f"must have as many entries as start_dates ({len(starts)}), got {len(ends)}",
+                    )
+                for s, e in zip(starts, ends, strict=False):
+                    if e < s:
+                        self.bad("end_dates", e.isoformat(), f"ends before its start date {s.isoformat()}")
+                if sensor:
+                    for d in [*starts, *ends]:
+                        self._check_in_life("start_dates/end_dates", d.year, sensor, d.isoformat())
+            if "months" in raw_has:
+                self.warnings.append("months ignored: start_dates/end_dates override them")
+                self.v.pop("months", None)
+            if "year" in raw_has:
+                self.v.pop("year", None)
+                self.warnings.append("year ignored: start_dates/end_dates override it")
+        else:
+            if "year" not in raw_has:
+                self.bad("year", None, "required unless start_dates/end_dates are given")
+            if "months" not in raw_has:
+                self.bad("months", None, "required unless start_dates/end_dates are given: list of 1..12 or -1")
+            if sensor and "year" in self.v:
+                self._check_in_life("year", self.v["year"], sensor, self.v["year"])
+
+    def _check_in_life(self, key: str, year: int, sensor: str, shown: Any) -> None:
+        first, last = sensors.sensor_years(sensor)
+        last_shown = last if last is not None else self.today.year
+        if year < first or year > last_shown:
+            self.bad(key, shown, f"outside the life of {sensor} ({first}..{last if last else 'today'})")
+
+    def _check_where(self, raw_has: set[str]) -> None:
+        if "regions" in raw_has and "tile_names" in raw_has:
+            self.warnings.append("tile_names ignored: regions override them")
+            self.v.pop("tile_names", None)
+        elif "regions" not in raw_has and "tile_names" not in raw_has:
+            self.bad("tile_names", None, "give tile_names (CCRS tiles) or regions (GeoJSON polygons)")
+
+    def _check_resolution_fits(self) -> None:
+        res = self.v.get("resolution")
+        if res is None or self.v.get("projection", grid.GRID_CRS) != grid.GRID_CRS:
+            return
+        for t in self.v.get("tile_names") or []:
+            if grid.tile(t).size % res:
+                self.bad(
+                    "resolution",
+                    res,
+                    f"must divide {t}'s side of {grid.tile(t).size:.0f} m "
+                    "(e.g. 10, 20, 30, 60, 100, 250, 500, 1000) so tiles align",
+                )
+                return
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+def _raise() -> date:
+    raise ValueError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> Any:
+    s = json.dumps(v, default=str)
+    return v if len(s) <= 120 else s[:117] + "..."
+
+
+def _geometry_of(geojson: dict[str, Any]) -> dict[str, Any]:
+    return geojson["geometry"] if geojson.get("type") == "Feature" else geojson
+
+
+def _legacy_value(key: str, value: Any) -> Any:
+    """Adapt a legacy value to its new key's shape (single values become lists, one region gets a name)."""
+    if key in ("start_date", "stop_date", "end_date") and isinstance(value, str):
+        return [value]
+    if key == "custom_region" and isinstance(value, dict) and "type" in value:
+        return {"custom_region": value}
+    return value
+
+
+def gcs_bucket_problem(name: Any) -> str | None:
+    """The Cloud Storage bucket naming rule ``name`` breaks, or None."""
+    if not isinstance(name, str):
+        return "must be a string"
+    rule = (
+        "must be 3-63 characters (222 with dots, 63 per dot-separated part) of lowercase letters, digits, "
+        "'-', '_' and '.', start and end with a letter or digit, not look like an IP address, not start "
+        "with 'goog' nor contain 'google'"
+    )
+    parts = name.split(".")
+    if not (3 <= len(name) <= (222 if "." in name else 63)) or any(not 1 <= len(p) <= 63 for p in parts):
+        return rule
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*[a-z0-9]", name) or ".." in name:
+        return rule
+    try:
+        ipaddress.ip_address(name)
+        return rule
+    except ValueError:
+        pass
+    if name.startswith("goog") or "google" in name or re.search(r"g[o0]{2}g[l1]e", name):
+        return rule
+    return None

@@ -1,0 +1,212 @@
+"""Per-sensor facts: the one place that knows collections, band names, scaling, QA bits and sensor codes.
+
+Everything else (request validation, the local and Earth Engine backends, QC assembly) reads from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ANGLE_INPUTS: tuple[str, ...] = ("cosVZA", "cosSZA", "cosRAA")
+"""Angle inputs of every LEAF network set, in network order (angles come first in LEAF sets)."""
+
+VALID_REFLECTANCE = (-0.005, 1.05)
+"""Reflectance outside this range makes a pixel invalid (QC bit 2), as in the ancestor tool."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """One spectral input: its network input name, Earth Engine band name and STAC asset keys."""
+
+    net_input: str
+    ee_band: str
+    stac_keys: tuple[str, ...]
+    common_name: str
+
+
+@dataclass(frozen=True)
+class Sensor:
+    id: str
+    title: str
+    qc_code: int
+    """Written in QC bits 3–7 (value qc_code·8)."""
+    first_year: int
+    last_year: int | None
+    default_resolution: int
+    ee_collection: str
+    bands: tuple[Band, ...]
+    dn_scale: float
+    dn_offset: float
+    """Reflectance = DN·dn_scale + dn_offset for the Earth Engine collection (and STAC items lacking raster:bands)."""
+    networks: dict[str, str] = field(default_factory=dict)
+    """Shipped network set id per algorithm (``SL2P``, ``SL2P-CCRS``)."""
+    ee_toa_collection: str | None = None
+    """Landsat: the C2 TOA collection whose angle bands (SAA/SZA/VAA/VZA) give per-pixel geometry."""
+    mask_asset: str = ""
+    """STAC asset key (lower case) of the quality layer: ``scl`` or ``qa_pixel``."""
+
+    @property
+    def qc_value(self) -> int:
+        return self.qc_code << 3
+
+    @property
+    def is_landsat(self) -> bool:
+        return self.id.startswith("L")
+
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.net_input for b in self.bands)
+
+
+def _b(net: str, ee: str, common: str, *keys: str) -> Band:
+    return Band(net_input=net, ee_band=ee, stac_keys=(common, *keys), common_name=common)
+
+
+_S2_BANDS = (
+    _b("B3", "B3", "green", "B03"),
+    _b("B4", "B4", "red", "B04"),
+    _b("B5", "B5", "rededge1", "rededge", "B05"),
+    _b("B6", "B6", "rededge2", "B06"),
+    _b("B7", "B7", "rededge3", "B07"),
+    _b("B8A", "B8A", "nir08", "B8A"),
+    _b("B11", "B11", "swir16", "B11"),
+    _b("B12", "B12", "swir22", "B12"),
+)
+_OLI_BANDS = (
+    _b("SR_B3", "SR_B3", "green", "SR_B3", "B3"),
+    _b("SR_B4", "SR_B4", "red", "SR_B4", "B4"),
+    _b("SR_B5", "SR_B5", "nir08", "SR_B5", "B5", "nir"),
+    _b("SR_B6", "SR_B6", "swir16", "SR_B6", "B6", "swir1"),
+    _b("SR_B7", "SR_B7", "swir22", "SR_B7", "B7", "swir2"),
+)
+_TM_BANDS = (
+    _b("green(B2)", "SR_B2", "green", "SR_B2", "B2"),
+    _b("red(B3)", "SR_B3", "red", "SR_B3", "B3"),
+    _b("nir(B4)", "SR_B4", "nir08", "SR_B4", "B4", "nir"),
+    _b("swir1(B5)", "SR_B5", "swir16", "SR_B5", "B5", "swir1"),
+    _b("swir2(B7)", "SR_B7", "swir22", "SR_B7", "B7", "swir2"),
+)
+_C2_SCALE, _C2_OFFSET = 2.75e-5, -0.2
+
+SENSORS: dict[str, Sensor] = {
+    s.id: s
+    for s in (
+        Sensor(
+            "S2_SR",
+            "Sentinel-2 MSI L2A",
+            21,
+            2017,
+            None,
+            20,
+            "COPERNICUS/S2_SR_HARMONIZED",
+            _S2_BANDS,
+            1e-4,
+            0.0,
+            {"SL2P": "leaf_sl2p_s2_20m", "SL2P-CCRS": "leaf_sl2pccrs_s2_20m"},
+            mask_asset="scl",
+        ),
+        Sensor(
+            "L5_SR",
+            "Landsat-5 TM C2 L2",
+            5,
+            1984,
+            2012,
+            30,
+            "LANDSAT/LT05/C02/T1_L2",
+            _TM_BANDS,
+            _C2_SCALE,
+            _C2_OFFSET,
+            {"SL2P": "leaf_sl2p_l5"},
+            "LANDSAT/LT05/C02/T1_TOA",
+            "qa_pixel",
+        ),
+        Sensor(
+            "L7_SR",
+            "Landsat-7 ETM+ C2 L2",
+            7,
+            1999,
+            2023,
+            30,
+            "LANDSAT/LE07/C02/T1_L2",
+            _TM_BANDS,
+            _C2_SCALE,
+            _C2_OFFSET,
+            {"SL2P": "leaf_sl2p_l7"},
+            "LANDSAT/LE07/C02/T1_TOA",
+            "qa_pixel",
+        ),
+        Sensor(
+            "L8_SR",
+            "Landsat-8 OLI C2 L2",
+            8,
+            2013,
+            None,
+            30,
+            "LANDSAT/LC08/C02/T1_L2",
+            _OLI_BANDS,
+            _C2_SCALE,
+            _C2_OFFSET,
+            {"SL2P": "leaf_sl2p_l8", "SL2P-CCRS": "leaf_sl2pccrs_l8"},
+            "LANDSAT/LC08/C02/T1_TOA",
+            "qa_pixel",
+        ),
+        Sensor(
+            "L9_SR",
+            "Landsat-9 OLI-2 C2 L2",
+            9,
+            2021,
+            None,
+            30,
+            "LANDSAT/LC09/C02/T1_L2",
+            _OLI_BANDS,
+            _C2_SCALE,
+            _C2_OFFSET,
+            {"SL2P": "leaf_sl2p_l9", "SL2P-CCRS": "leaf_sl2pccrs_l9"},
+            "LANDSAT/LC09/C02/T1_TOA",
+            "qa_pixel",
+        ),
+    )
+}
+
+MERGED: dict[str, tuple[str, ...]] = {"LS_SR": ("L8_SR", "L9_SR")}
+"""Request sensors that merge several collections; each observation keeps its own sensor code and networks."""
+
+REQUEST_SENSORS: tuple[str, ...] = (*SENSORS, *MERGED)
+
+
+def members(request_sensor: str) -> tuple[Sensor, ...]:
+    """The concrete sensors behind a request's ``sensor`` value (``LS_SR`` → L8 and L9)."""
+    key = request_sensor.upper()
+    if key in MERGED:
+        return tuple(SENSORS[m] for m in MERGED[key])
+    return (SENSORS[key],)
+
+
+def sensor_years(request_sensor: str) -> tuple[int, int | None]:
+    """First and last year any member sensor observed (``None`` = still flying)."""
+    ms = members(request_sensor)
+    lasts = [m.last_year for m in ms]
+    return min(m.first_year for m in ms), None if None in lasts else max(lasts)  # type: ignore[type-var]
+
+
+def sensor_by_qc_code(code: int) -> Sensor:
+    for s in SENSORS.values():
+        if s.qc_code == code:
+            return s
+    raise KeyError(f"no sensor has QC code {code}")
+
+
+# Quality layers. Classes/bits that make an observation invalid (QC bit 2).
+SCL_INVALID_CLASSES: frozenset[int] = frozenset({0, 1, 3, 6, 8, 9, 10, 11})
+"""S2 scene classification: 0 no data, 1 saturated/defective, 3 cloud shadow, 6 water, 8/9 cloud, 10 cirrus, 11 snow."""
+S2_QA60_INVALID_BITS: tuple[int, ...] = (10, 11)
+"""S2 QA60: opaque clouds (10), cirrus (11)."""
+QA_PIXEL_INVALID_BITS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7)
+"""Landsat C2 QA_PIXEL: fill, dilated cloud, cirrus, cloud, cloud shadow, snow, water."""
+
+
+def qa_pixel_invalid_mask() -> int:
+    """Bit mask over QA_PIXEL of every invalid flag."""
+    m = 0
+    for b in QA_PIXEL_INVALID_BITS:
+        m |= 1 << b
+    return m
