@@ -1,7 +1,7 @@
 """Product catalogue and encoding: scale, dtype, nodata, valid range, units; the QC byte.
 
 One table drives the local engine, the Earth Engine backend, the GeoTIFF tags and the STAC metadata.
-Encoding rule (SPEC §5): DN = round(value·scale) clamped to 0..254; 255 = no data (never 0).
+Encoding rule (SPEC §5): DN = round(value·scale) (halves up) clamped to 0..254; 255 = no data (never 0).
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def encode(name: str, values: np.ndarray, valid: np.ndarray | None = None) -> np
     """Encode physical values to DN. Pixels where ``valid`` is False, or values are NaN, become nodata (255)."""
     p = product(name)
     v = np.asarray(values)
-    dn = np.clip(np.rint(v * p.scale), 0, p.max_dn)
+    with np.errstate(over="ignore"):  # huge values overflow to inf and then saturate, as they should
+        # Half up (not numpy's half-to-even) so that DNs equal Earth Engine's round() exactly.
+        dn = np.clip(np.floor(v * p.scale + 0.5), 0, p.max_dn)
     out = np.where(np.isnan(dn), p.nodata, dn).astype(p.dtype)
     if valid is not None:
         out[~np.asarray(valid, dtype=bool)] = p.nodata
