@@ -17,6 +17,8 @@ from datetime import date
 
 import numpy as np
 
+MAX_SCENE_CLOUD_COVER = 90.0
+"""Scenes whose cloud cover (%) is above this are not read at all; below it the per-pixel masks decide."""
 W_SPECTRAL = 0.5
 W_DATE = 0.3
 W_CLOUD = 0.2

@@ -58,5 +58,9 @@ class NamingError(LeafError):
     """An object name does not follow the LEAF output naming rule."""
 
 
+class EarthEngineError(LeafError):
+    """Earth Engine cannot be used as configured (credentials, project, endpoint) or refused a request."""
+
+
 class TransientError(LeafError):
     """A cloud call failed in a way that may succeed when retried (429, 5xx, 503)."""

@@ -69,6 +69,7 @@ class ProductionRequest(BaseModel):
     networks: str | None = None
     uncertainty: bool = False
     scenes: str | None = None
+    landcover: str | None = None
     rerun: Literal["skip_existing", "overwrite"] = "skip_existing"
     warnings: list[str] = []
     supplied_request_id: str | None = None
@@ -228,7 +229,13 @@ def parse_request(
             raise RequestError([Problem("(message)", data[:80], f"must be a JSON object: {e}")]) from e
     if not isinstance(data, Mapping):
         raise RequestError([Problem("(message)", data, "must be a JSON object (the production dictionary)")])
-    return _Validator(dict(data), today or date.today()).run(request_id)
+    raw = dict(data)
+    # A normalised request (to_dict) reads back: its output-only 'warnings' are dropped, its 'request_id' kept.
+    raw.pop("warnings", None)
+    embedded = raw.pop("request_id", None)
+    if embedded is not None and request_id is not None and embedded != request_id:
+        raise RequestError([Problem("request_id", embedded, f"differs from the message's request_id {request_id!r}")])
+    return _Validator(raw, today or date.today()).run(request_id if request_id is not None else embedded)
 
 
 _FIELDS = tuple(ProductionRequest.model_fields)
@@ -529,6 +536,14 @@ class _Validator:
         else:
             self.v["scenes"] = value
 
+    def _check_landcover(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if not isinstance(value, str) or not value:
+            self.bad("landcover", value, "must be a path or URL of a NALCMS land-cover raster (classes 1-19)")
+        else:
+            self.v["landcover"] = value
+
     def _check_rerun(self, value: Any) -> None:
         if value is _MISSING or value is None:
             return
@@ -559,6 +574,8 @@ class _Validator:
                     algorithm,
                     f"no SL2P-CCRS networks are shipped for {', '.join(missing)}: use SL2P or give 'networks'",
                 )
+        if "landcover" in self.v and algorithm != "SL2P-CCRS":
+            self.warnings.append("landcover is only used by algorithm SL2P-CCRS; ignored")
         if self.v.pop("_wants_partition", False) and algorithm != "SL2P-CCRS":
             self.warnings.append("prod_names: 'partition' is only written with algorithm SL2P-CCRS; ignored")
 

@@ -227,3 +227,10 @@ def test_good_bucket_names(name):
 )
 def test_bad_bucket_names(name):
     assert gcs_bucket_problem(name)
+
+
+def test_normalised_request_reads_back_unchanged():
+    req = parse(months=[7, 6], bucket=None, GCS_bucket="leaf-out", uncertainty=True)
+    again = parse_request(req.to_dict(), today=TODAY)
+    assert again.to_dict() == {**req.to_dict(), "warnings": []}
+    assert again.request_id == req.request_id

@@ -1,0 +1,130 @@
+"""Cloud entry points (functions-framework, CloudEvent signature). Thin: decode the event, call the library,
+map errors to the platform's retry semantics.
+
+* ``start_production``: ``google.cloud.pubsub.topic.v1.messagePublished`` — Eventarc, or a Pub/Sub push
+  subscription (functions-framework turns the push envelope ``{"message": ..., "subscription": ...}`` into the
+  same CloudEvent).
+* ``catalogue_output``: ``google.cloud.storage.object.v1.finalized`` (Eventarc), or the OBJECT_FINALIZE
+  notifications GCS publishes to Pub/Sub (delivered as messagePublished, pushed or via Eventarc).
+
+Returning normally acknowledges the event. A :class:`TransientError` propagates, so the platform retries with
+backoff; invalid input is recorded and acknowledged (no retry storm).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import functions_framework
+
+from leaf_engine import logs
+from leaf_engine.catalogue import ObjectEvent, catalogue_object, publisher_from_env
+from leaf_engine.catalogue.tile_ready import Publisher
+from leaf_engine.errors import LeafError, Problem, TransientError
+from leaf_engine.service import RequestMessage, RequestService, ServiceConfig, decode_pubsub_data
+from leaf_engine.sinks import GcsSink, Sink
+
+PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
+GCS_NOTIFICATION_FINALIZE = "OBJECT_FINALIZE"
+
+logs.setup_json_logging()
+
+
+@cache
+def _service() -> RequestService:
+    return RequestService(ServiceConfig.from_env())
+
+
+@cache
+def _publisher() -> Publisher | None:
+    return publisher_from_env()
+
+
+@cache
+def _sink(bucket: str) -> Sink:
+    return GcsSink(bucket)
+
+
+def _pubsub_message(event: Any) -> dict[str, Any]:
+    data = event.data if isinstance(event.data, dict) else {}
+    message = data.get("message", data)
+    return message if isinstance(message, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------- requests
+
+
+@functions_framework.cloud_event
+def start_production(event: Any) -> None:
+    """A production request was published: validate it, claim its run, start its jobs (once)."""
+    message = _pubsub_message(event)
+    attributes = {str(k): str(v) for k, v in (message.get("attributes") or {}).items()}
+    message_id = str(message.get("messageId") or message.get("message_id") or event["id"])
+    service = _service()
+    try:
+        data = decode_pubsub_data(message.get("data"))
+    except ValueError as e:
+        problem = Problem("(message)", str(message.get("data"))[:80], f"message data is not base64: {e}")
+        service.reject(RequestMessage(b"", attributes, message_id), [problem.to_dict()], "undecodable_message")
+        return
+    msg = RequestMessage(data, attributes, message_id)
+    try:
+        result = service.handle(msg)
+    except TransientError as e:
+        logs.warning(f"transient failure, the message will be redelivered: {e}", message_id=message_id)
+        raise
+    except LeafError as e:
+        logs.error(f"request not started: {e}", message_id=message_id)
+        return
+    logs.info(f"request {result.status}", request_id=result.request_id, message_id=message_id,
+              record=result.record_uri)
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def object_event(event: Any) -> ObjectEvent | None:
+    """The finalized object of a storage CloudEvent or a GCS Pub/Sub notification; None for other events."""
+    if event["type"] == STORAGE_FINALIZED:
+        obj = event.data if isinstance(event.data, dict) else json.loads(event.data)
+        event_id = str(event["id"])
+    elif event["type"] == PUBSUB_PUBLISHED:
+        message = _pubsub_message(event)
+        attributes = message.get("attributes") or {}
+        if attributes.get("eventType") != GCS_NOTIFICATION_FINALIZE:
+            return None
+        payload = decode_pubsub_data(message.get("data"))
+        # Notifications configured with payload format NONE carry the object only in their attributes.
+        obj = json.loads(payload.decode("utf-8")) if payload else {
+            "name": attributes["objectId"], "bucket": attributes["bucketId"],
+            "generation": attributes.get("objectGeneration")}
+        event_id = str(message.get("messageId") or event["id"])
+    else:
+        return None
+    return ObjectEvent(
+        key=str(obj["name"]), event_id=event_id, bucket=str(obj["bucket"]),
+        generation=int(obj["generation"]) if obj.get("generation") is not None else None,
+        size=int(obj["size"]) if obj.get("size") is not None else None, md5_hash=obj.get("md5Hash"),
+    )
+
+
+@functions_framework.cloud_event
+def catalogue_output(event: Any) -> None:
+    """An object was finalized: catalogue it if it is a LEAF output (others are ignored)."""
+    try:
+        obj = object_event(event)
+    except (ValueError, KeyError, TypeError) as e:
+        logs.error(f"unreadable storage event, acknowledged: {type(e).__name__}: {e}", event_id=event["id"])
+        return
+    if obj is None or obj.bucket is None:
+        return
+    try:
+        result = catalogue_object(_sink(obj.bucket), obj, publisher=_publisher())
+    except TransientError as e:
+        logs.warning(f"transient failure, the event will be redelivered: {e}", object=obj.key)
+        raise
+    if result.status != "ignored":
+        logs.info(f"object {result.status}", object=obj.key, request_id=result.request_id, item_id=result.item_id)

@@ -1,0 +1,40 @@
+"""The whole Earth Engine computation of one job: scenes → clear-sky composite → SL2P → encoded products."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shapely.geometry import mapping
+
+from ... import sensors
+from ...sl2p.networks import NetworkSet, load_network_set
+from . import composite, landcover, sl2p_graph
+
+
+def region_geometry(job: Any) -> Any:
+    """The job's region (lon/lat polygon, edges already densified) as a planar Earth Engine geometry."""
+    import ee
+
+    return ee.Geometry(mapping(job.region.geometry), None, False)
+
+
+def network_sets(job: Any) -> dict[int, NetworkSet]:
+    """Network set per member sensor code (the request's own file when it names one)."""
+    return {s.qc_code: load_network_set(job.networks or s.networks[job.algorithm])
+            for s in sensors.members(job.sensor)}
+
+
+def job_image(job: Any) -> Any:
+    """One image whose bands are the job's product tokens (``LAI``, ``QC``, ``Date`` ...), each encoded."""
+    members = sensors.members(job.sensor)
+    geometry = region_geometry(job)
+    comp = composite.best_pixel(members, geometry, job.start, job.end)
+    code_band = comp.select(composite.SENSOR_CODE)
+    valid = code_band.mask().gt(0)
+    lc = landcover.landcover_image() if job.algorithm == "SL2P-CCRS" else None
+    img = sl2p_graph.products_image(
+        comp, network_sets(job), job.products, valid=valid,
+        sensor_code=code_band.unmask(members[0].qc_code), landcover=lc, date=comp.select(composite.DOY),
+    )
+    # Custom polygons: pixels of the export rectangle outside the polygon are no data.
+    return img if job.region.tile is not None else img.clip(geometry)

@@ -1,0 +1,238 @@
+"""One block of one job: read every scene warped onto the block, best-pixel composite, SL2P, encode.
+
+:func:`process_block` is a pure function of a picklable :class:`JobSpec` and a block geobox, so it runs the same
+in a thread pool or on a Dask worker, and its memory is a fixed multiple of the block's pixel count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import shapely
+from odc.geo.geobox import GeoBox
+from rasterio.features import geometry_mask
+
+from ... import composite, products
+from ...sensors import ANGLE_INPUTS, SENSORS
+from ...sl2p import NetworkSet, estimate
+from .masks import quality_invalid, reflectance_invalid
+from .reading import read_many, read_scaled, read_warped, scaled
+from .scenes import AssetRef, Scene
+
+_NO_SCORE = np.float32(-np.inf)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a block needs, computed once per job."""
+
+    scenes: tuple[Scene, ...]
+    scene_bounds: tuple[tuple[float, float, float, float], ...]
+    """Each scene's footprint bounds in the job CRS: blocks outside a scene skip it without opening files."""
+    nets: Mapping[str, NetworkSet]
+    """Network set per member sensor id."""
+    variables: tuple[str, ...]
+    """Biophysical variables requested (LAI, fCOVER, …)."""
+    products: tuple[str, ...]
+    """Every product file of the job, in output order."""
+    uncertainty: bool
+    start: date
+    end: date
+    region: shapely.Geometry | None
+    """Region polygon in the job CRS (None: the whole geobox, e.g. a grid tile)."""
+    default_sensor_code: int
+    """QC sensor code of pixels without any observation."""
+    landcover: AssetRef | None = None
+    """NALCMS class raster for SL2P-CCRS (read with nearest neighbour)."""
+
+
+def band_order(spec: JobSpec) -> tuple[str, ...]:
+    """Reflectance inputs shared by every member sensor (the merged LS_SR sensors share their band names)."""
+    return spec.scenes[0].sensor.band_names() if spec.scenes else ()
+
+
+def _inside_region(spec: JobSpec, gbox: GeoBox) -> np.ndarray:
+    shape = (gbox.height, gbox.width)
+    if spec.region is None:
+        return np.ones(shape, dtype=bool)
+    if not spec.region.intersects(shapely.box(*gbox.extent.boundingbox)):
+        return np.zeros(shape, dtype=bool)
+    return geometry_mask([spec.region], out_shape=shape, transform=gbox.transform, invert=True)
+
+
+def _touches(bounds: tuple[float, float, float, float], gbox: GeoBox) -> bool:
+    left, bottom, right, top = gbox.extent.boundingbox
+    return bounds[0] < right and bounds[2] > left and bounds[1] < top and bounds[3] > bottom
+
+
+@dataclass
+class Composite:
+    """Running best-pixel composite of one block."""
+
+    score: np.ndarray
+    bands: np.ndarray
+    """[n_bands, h, w] float32 reflectance of the chosen observation."""
+    cos_vza: np.ndarray
+    cos_sza: np.ndarray
+    cos_raa: np.ndarray
+    doy: np.ndarray
+    sensor_code: np.ndarray
+
+    @classmethod
+    def empty(cls, n_bands: int, shape: tuple[int, int]) -> Composite:
+        f = np.zeros(shape, np.float32)
+        return cls(np.full(shape, _NO_SCORE), np.full((n_bands, *shape), np.nan, np.float32), f, f.copy(),
+                   f.copy(), np.zeros(shape, np.uint16), np.zeros(shape, np.uint8))
+
+    @property
+    def has_obs(self) -> np.ndarray:
+        return self.score > _NO_SCORE
+
+
+def _angles(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray | float, ...]:
+    """cos(VZA), cos(SZA), cos(RAA) with RAA = sun azimuth − view azimuth; per pixel where the item has rasters."""
+    values: dict[str, np.ndarray | float] = {
+        "sza": scene.sun_zenith, "saa": scene.sun_azimuth, "vza": scene.view_zenith, "vaa": scene.view_azimuth}
+    for name, ref in scene.angle_assets.items():
+        per_pixel, has = read_scaled(ref, gbox)
+        values[name] = np.where(has, per_pixel, np.float32(values[name]))  # scene mean where the raster is empty
+    rad = np.float32(np.pi / 180)
+    return (np.cos(np.float32(values["vza"]) * rad), np.cos(np.float32(values["sza"]) * rad),
+            np.cos((np.float32(values["saa"]) - np.float32(values["vaa"])) * rad))
+
+
+def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance [n_bands, h, w] (float32, rounded once from float64 so k/10 values stay exact), clear pixels."""
+    shape = (gbox.height, gbox.width)
+    refs = list(scene.bands.values())
+    masks = [scene.mask] if scene.mask is not None else []
+    reads = read_many([*refs, *masks], gbox, [False] * len(refs) + [True] * len(masks))
+    bands = np.empty((len(refs), *shape), np.float32)
+    clear = np.ones(shape, dtype=bool)
+    for i, (ref, (raw, has)) in enumerate(zip(refs, reads, strict=False)):
+        bands[i] = scaled(ref, raw, has)
+        clear &= has
+    if scene.mask is not None:
+        layer, has_q = reads[-1]
+        clear &= has_q & ~quality_invalid(scene.mask_kind, layer)
+    clear &= ~reflectance_invalid(bands)
+    return bands, clear
+
+
+def _score(scene: Scene, bands: np.ndarray, spec: JobSpec) -> np.ndarray:
+    common = [b.common_name for b in scene.sensor.bands]
+    red, nir = bands[common.index("red")], bands[common.index("nir08")]
+    s = composite.score(red, nir, scene.date, spec.start, spec.end, scene.cloud_cover)
+    # NDVI undefined (red + nir = 0): keep the scene terms, spectral term 0 (red = nir gives NDVI 0).
+    one = np.ones(1, np.float32)
+    no_spectral = composite.score(one, one, scene.date, spec.start, spec.end, scene.cloud_cover)[0]
+    return np.where(np.isnan(s), no_spectral, s)
+
+
+def add_scene(comp: Composite, scene: Scene, gbox: GeoBox, spec: JobSpec, inside: np.ndarray) -> None:
+    """Fold one scene into the composite: a clear pixel replaces the current one if its score is higher
+    (scenes come in time order and ties keep the earlier one)."""
+    bands, clear = read_observation(scene, gbox)
+    clear &= inside
+    if not clear.any():
+        return
+    score = _score(scene, bands, spec)
+    better = clear & (score > comp.score)
+    # copyto(where=) updates in place without the temporaries of boolean fancy indexing.
+    np.copyto(comp.score, score, where=better)
+    np.copyto(comp.bands, bands, where=better[None])
+    for target, value in zip((comp.cos_vza, comp.cos_sza, comp.cos_raa), _angles(scene, gbox), strict=True):
+        np.copyto(target, value, where=better, casting="same_kind")
+    np.copyto(comp.doy, scene.day_of_year, where=better, casting="unsafe")
+    np.copyto(comp.sensor_code, scene.sensor.qc_code, where=better, casting="unsafe")
+
+
+def _estimate_sensor(spec: JobSpec, comp: Composite, sel: np.ndarray, sensor_id: str,
+                     partition: np.ndarray | None):
+    nets = spec.nets[sensor_id]
+    names = band_order(spec)
+    inputs: dict[str, np.ndarray] = dict(zip(ANGLE_INPUTS, (comp.cos_vza[sel], comp.cos_sza[sel],
+                                                           comp.cos_raa[sel]), strict=True))
+    for i, name in enumerate(names):
+        inputs[name] = comp.bands[i][sel]
+    part = None
+    if nets.is_ccrs:
+        part = partition[sel] if partition is not None else None
+    return estimate(nets, inputs, spec.variables, partition=part, uncertainty=spec.uncertainty,
+                    precision="float32")
+
+
+def _as_flag(value, variables: tuple[str, ...], n: int) -> np.ndarray:
+    """A per-pixel flag from an array or a per-variable mapping of arrays (OR over the requested variables)."""
+    if value is None:
+        return np.zeros(n, dtype=bool)
+    if isinstance(value, Mapping):
+        out = np.zeros(n, dtype=bool)
+        for v in variables:
+            if v in value:
+                out |= np.asarray(value[v], dtype=bool)
+        return out
+    return np.asarray(value, dtype=bool)
+
+
+def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
+    """Encoded arrays (product → DN array of the block's shape) for one block."""
+    shape = (gbox.height, gbox.width)
+    inside = _inside_region(spec, gbox)
+    comp = Composite.empty(len(band_order(spec)), shape)
+    if inside.any():
+        for scene, bounds in zip(spec.scenes, spec.scene_bounds, strict=True):
+            if _touches(bounds, gbox):
+                add_scene(comp, scene, gbox, spec, inside)
+    has_obs = comp.has_obs
+    partition = None
+    if spec.landcover is not None:
+        raw, has_lc = read_warped(spec.landcover, gbox, categorical=True)
+        partition = np.where(has_lc, raw, 0).astype(np.int32)
+
+    values = {v: np.full(shape, np.nan, np.float32) for v in spec.variables}
+    unc = {v: np.full(shape, np.nan, np.float32) for v in spec.variables} if spec.uncertainty else {}
+    domain = np.zeros(shape, dtype=bool)
+    out_of_range = np.zeros(shape, dtype=bool)
+    for sensor_id in spec.nets:
+        sel = has_obs & (comp.sensor_code == SENSORS[sensor_id].qc_code)
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        est = _estimate_sensor(spec, comp, sel, sensor_id, partition)
+        for v in spec.variables:
+            values[v][sel] = est.values[v]
+            if spec.uncertainty and est.uncertainty is not None:
+                unc[v][sel] = est.uncertainty[v]
+        domain[sel] = _as_flag(est.input_out_of_domain, spec.variables, n)
+        out_of_range[sel] = _as_flag(est.out_of_range, spec.variables, n)
+    return encode_block(spec, comp, values, unc, domain, out_of_range, inside, partition)
+
+
+def encode_block(spec: JobSpec, comp: Composite, values: dict[str, np.ndarray], unc: dict[str, np.ndarray],
+                 domain: np.ndarray, out_of_range: np.ndarray, inside: np.ndarray,
+                 partition: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Product DN arrays; outside the region every product is its nodata value."""
+    has_obs = comp.has_obs
+    code = np.where(has_obs, comp.sensor_code, np.uint8(spec.default_sensor_code))
+    out: dict[str, np.ndarray] = {}
+    for name in spec.products:
+        p = products.product(name)
+        if name in values:
+            dn = products.encode(name, values[name], has_obs)
+        elif name.removesuffix(products.UNCERTAINTY_SUFFIX) in unc:
+            dn = products.encode(name, unc[name.removesuffix(products.UNCERTAINTY_SUFFIX)], has_obs)
+        elif name == "QC":
+            dn = products.qc_byte(domain & has_obs, out_of_range & has_obs, ~has_obs, code)
+        elif name == "Date":
+            dn = np.where(has_obs, comp.doy, 0).astype(p.dtype)
+        elif name == "Partition":
+            dn = (partition if partition is not None else np.zeros(has_obs.shape)).astype(p.dtype)
+        else:
+            raise ValueError(f"the local engine cannot make product {name!r}")
+        dn[~inside] = p.nodata
+        out[name] = dn
+    return out

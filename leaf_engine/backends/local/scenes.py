@@ -1,0 +1,245 @@
+"""Scene discovery: STAC items (ItemCollection, catalog, collection or single item) → :class:`Scene` records.
+
+A scene knows, per SL2P input band, which asset to read and how to turn its DN into reflectance, which quality
+layer masks it, and its sun/view geometry. Asset keys follow the public catalogues (Earth Search / Planetary
+Computer: ``green``/``red``/``nir08``…, ``B03``…``B12``, ``scl``, ``qa_pixel``), taken from ``sensors.Band``.
+Items without a quality asset are accepted: every pixel counts as clear unless it is nodata (e.g. THEIA L3A).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import pystac
+import shapely
+from shapely.geometry import shape
+
+from ...composite import MAX_SCENE_CLOUD_COVER
+from ...errors import LeafError
+from ...sensors import SENSORS, Sensor, members
+
+"""Scenes with more cloud than this (``eo:cloud_cover``, %) are skipped; per-pixel masks handle the rest."""
+S2_OFFSET_BASELINE = 4.0
+S2_BOA_OFFSET_DN = -1000
+"""Sentinel-2 L2A from processing baseline 04.00 on: reflectance = (DN − 1000) / 10000 (ESA, Jan 2022)."""
+ANGLE_ASSET_KEYS: dict[str, tuple[str, ...]] = {
+    "sza": ("sza", "solar_zenith", "sun_zenith"),
+    "saa": ("saa", "solar_azimuth", "sun_azimuth"),
+    "vza": ("vza", "view_zenith", "sensor_zenith"),
+    "vaa": ("vaa", "view_azimuth", "sensor_azimuth"),
+}
+ANGLE_DEFAULT_SCALE = 0.01
+"""Per-pixel angle rasters without ``raster:bands`` scale are read as hundredths of a degree (Landsat C2)."""
+
+
+class SceneError(LeafError):
+    """A scene catalogue or item cannot be used (unreadable, missing bands or angles)."""
+
+
+@dataclass(frozen=True)
+class AssetRef:
+    """One raster asset and the linear map from its DN to physical values."""
+
+    href: str
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+
+
+@dataclass(frozen=True)
+class Scene:
+    id: str
+    sensor: Sensor
+    datetime: datetime
+    cloud_cover: float
+    footprint: shapely.Geometry
+    """Lon/lat."""
+    bands: dict[str, AssetRef]
+    """Network input name → asset, in the sensor's band order."""
+    mask: AssetRef | None
+    mask_kind: str | None
+    """``scl``, ``qa_pixel`` or None (no quality layer: nodata is the only mask)."""
+    sun_zenith: float
+    sun_azimuth: float
+    view_zenith: float
+    view_azimuth: float
+    angle_assets: dict[str, AssetRef] = field(default_factory=dict)
+    """Per-pixel angles (``sza``/``saa``/``vza``/``vaa``, degrees after scaling) where the item provides them."""
+
+    @property
+    def date(self) -> date:
+        return self.datetime.date()
+
+    @property
+    def day_of_year(self) -> int:
+        return self.date.timetuple().tm_yday
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def load_items(source: str) -> list[pystac.Item]:
+    """Every item of a STAC ItemCollection, catalog/collection (walked recursively) or single item file/URL."""
+    try:
+        doc = pystac.StacIO.default().read_json(source)
+        obj = pystac.ItemCollection.from_file(source) if doc.get("type") == "FeatureCollection" \
+            else pystac.read_file(source)
+    except Exception as e:  # pystac raises many types (IO, JSON, STAC validation)
+        raise SceneError(f"cannot read the scene catalogue {source!r}: {e}. Give the path or URL of a STAC "
+                         "ItemCollection or catalog (request key 'scenes' or --scenes)") from e
+    if isinstance(obj, pystac.Item):
+        return [obj]
+    if isinstance(obj, pystac.ItemCollection):
+        for item in obj.items:  # relative asset hrefs are relative to the collection file
+            if item.get_self_href() is None:
+                item.set_self_href(source)
+        return list(obj.items)
+    if isinstance(obj, pystac.Catalog):
+        return list(obj.get_items(recursive=True))
+    raise SceneError(f"{source!r} is a STAC {type(obj).__name__}; expected an ItemCollection, catalog or item")
+
+
+def sensor_of_item(item: pystac.Item) -> Sensor | None:
+    """The LEAF sensor of an item from its ``platform`` (``sentinel-2a``, ``landsat-8``…) or collection id."""
+    platform = str(item.properties.get("platform") or item.collection_id or "").lower()
+    if platform.startswith("sentinel-2") or platform.startswith("sentinel2"):
+        return SENSORS["S2_SR"]
+    m = re.match(r"landsat[-_ ]?0?(\d)", platform)
+    if m and f"L{m.group(1)}_SR" in SENSORS:
+        return SENSORS[f"L{m.group(1)}_SR"]
+    return None
+
+
+def _asset_key(item: pystac.Item, keys: Iterable[str], common_name: str | None = None) -> str | None:
+    by_lower = {k.lower(): k for k in item.assets}
+    for k in keys:
+        if k.lower() in by_lower:
+            return by_lower[k.lower()]
+    if common_name:  # catalogues with other key conventions still label bands with eo:bands common names
+        for k, a in item.assets.items():
+            eo = a.extra_fields.get("eo:bands") or []
+            if len(eo) == 1 and eo[0].get("common_name") == common_name:
+                return k
+    return None
+
+
+def _raster_band(asset: pystac.Asset) -> dict[str, Any]:
+    bands = asset.extra_fields.get("raster:bands") or []
+    return bands[0] if bands else {}
+
+
+def _s2_baseline(item: pystac.Item) -> float | None:
+    raw = item.properties.get("s2:processing_baseline")
+    try:
+        return float(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def reflectance_ref(item: pystac.Item, key: str, sensor: Sensor) -> AssetRef:
+    """Asset → reflectance map: the item's ``raster:bands`` scale/offset, else the collection's known scaling."""
+    asset = item.assets[key]
+    rb = _raster_band(asset)
+    if "scale" in rb or "offset" in rb:
+        scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+    else:
+        scale, offset = sensor.dn_scale, sensor.dn_offset
+        baseline = _s2_baseline(item)
+        if sensor.id == "S2_SR" and baseline is not None and baseline >= S2_OFFSET_BASELINE:
+            offset += S2_BOA_OFFSET_DN * sensor.dn_scale
+    nodata = rb.get("nodata")
+    return AssetRef(asset.get_absolute_href() or asset.href, scale, offset,
+                    None if nodata is None else float(nodata))
+
+
+def _plain_ref(item: pystac.Item, key: str, default_scale: float = 1.0) -> AssetRef:
+    asset = item.assets[key]
+    rb = _raster_band(asset)
+    nodata = rb.get("nodata")
+    return AssetRef(asset.get_absolute_href() or asset.href, float(rb.get("scale", default_scale)),
+                    float(rb.get("offset", 0.0)), None if nodata is None else float(nodata))
+
+
+def _angle(props: dict[str, Any], *keys: str) -> float | None:
+    for k in keys:
+        if props.get(k) is not None:
+            return float(props[k])
+    return None
+
+
+def scene_angles(item: pystac.Item) -> tuple[float, float, float, float]:
+    """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties.
+
+    Sun: ``view:sun_elevation``/``view:sun_azimuth`` or ``s2:mean_solar_zenith``/``_azimuth`` (required).
+    View: ``view:incidence_angle`` (else ``view:off_nadir``, ``s2:mean_view_zenith``) and ``view:azimuth``;
+    nadir (0, 0) when absent, which is what Landsat and most S2 catalogues imply.
+    """
+    p = item.properties
+    elev = _angle(p, "view:sun_elevation")
+    sza = 90.0 - elev if elev is not None else _angle(p, "s2:mean_solar_zenith", "landsat:sun_zenith")
+    saa = _angle(p, "view:sun_azimuth", "s2:mean_solar_azimuth")
+    if sza is None or saa is None:
+        raise SceneError(f"item {item.id!r} has no sun angles: add view:sun_elevation and view:sun_azimuth "
+                         "(or s2:mean_solar_zenith/azimuth) to its properties")
+    vza = _angle(p, "view:incidence_angle", "view:off_nadir", "s2:mean_view_zenith") or 0.0
+    vaa = _angle(p, "view:azimuth", "s2:mean_view_azimuth") or 0.0
+    return sza, saa, vza, vaa
+
+
+def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
+    """Build a :class:`Scene`; raises :class:`SceneError` naming what the item lacks."""
+    bands: dict[str, AssetRef] = {}
+    missing = []
+    for band in sensor.bands:
+        key = _asset_key(item, band.stac_keys, band.common_name)
+        if key is None:
+            missing.append(f"{band.net_input} ({'/'.join(band.stac_keys)})")
+        else:
+            bands[band.net_input] = reflectance_ref(item, key, sensor)
+    if missing:
+        raise SceneError(f"item {item.id!r} lacks assets for {', '.join(missing)}")
+    mask_key = _asset_key(item, [sensor.mask_asset]) if sensor.mask_asset else None
+    angle_assets = {name: _plain_ref(item, k, ANGLE_DEFAULT_SCALE)
+                    for name, keys in ANGLE_ASSET_KEYS.items() if (k := _asset_key(item, keys)) is not None}
+    sza, saa, vza, vaa = scene_angles(item)
+    if item.datetime is None:
+        raise SceneError(f"item {item.id!r} has no datetime")
+    return Scene(
+        id=item.id, sensor=sensor, datetime=item.datetime, cloud_cover=float(item.properties.get("eo:cloud_cover", 0)),
+        footprint=shape(item.geometry) if item.geometry else shapely.box(*item.bbox),
+        bands=bands, mask=_plain_ref(item, mask_key) if mask_key else None,
+        mask_kind=sensor.mask_asset if mask_key else None,
+        sun_zenith=sza, sun_azimuth=saa, view_zenith=vza, view_azimuth=vaa, angle_assets=angle_assets,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- discovery
+
+
+def select_scenes(items: Sequence[pystac.Item], request_sensor: str, region: shapely.Geometry, start: date,
+                  end: date, max_cloud_cover: float = MAX_SCENE_CLOUD_COVER) -> list[Scene]:
+    """Scenes of the request's sensor(s) that touch the region (lon/lat) within the inclusive window, by time."""
+    wanted = {s.id for s in members(request_sensor)}
+    out = []
+    for item in items:
+        sensor = sensor_of_item(item)
+        if sensor is None or sensor.id not in wanted or item.datetime is None:
+            continue
+        if not start <= item.datetime.date() <= end:
+            continue
+        if float(item.properties.get("eo:cloud_cover", 0)) > max_cloud_cover:
+            continue
+        foot = shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
+        if not foot.intersects(region):
+            continue
+        out.append(scene_from_item(item, sensor))
+    return sorted(out, key=lambda s: (s.datetime, s.id))
+
+
+def discover(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date,
+             max_cloud_cover: float = MAX_SCENE_CLOUD_COVER) -> list[Scene]:
+    return select_scenes(load_items(source), request_sensor, region, start, end, max_cloud_cover)

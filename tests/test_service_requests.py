@@ -1,0 +1,251 @@
+"""Request handling: run records, idempotence, re-runs, error records (buckets played by local folders)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leaf_engine.errors import LeafError, TransientError
+from leaf_engine.naming import collection_key, error_record_key, run_record_key
+from leaf_engine.plan import Plan
+from leaf_engine.request import ProductionRequest, parse_request
+from leaf_engine.service import InProgress, RequestMessage, RequestService, ServiceConfig
+from leaf_engine.sinks import LocalSink, Sink
+from tests.support.runs import write_outputs
+
+BUCKET = "leaf-out"
+
+
+def _raw(**extra: Any) -> dict[str, Any]:
+    return {"sensor": "S2_SR", "year": 2020, "months": [7, 8], "tile_names": ["tile42_911"], "resolution": 1000,
+            "GCS_bucket": BUCKET, "out_folder": "prod", **extra}
+
+
+def _msg(raw: dict | bytes, message_id: str = "m1", **attributes: str) -> RequestMessage:
+    data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+    return RequestMessage(data, attributes, message_id)
+
+
+class Backend:
+    """Stands in for Earth Engine: counts starts, can fail on demand."""
+
+    def __init__(self) -> None:
+        self.starts: list[Plan] = []
+        self.fail: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, req: ProductionRequest, plan: Plan, sink: Sink) -> Any:
+        if self.fail is not None:
+            raise self.fail
+        with self._lock:
+            self.starts.append(plan)
+        return [f"task-{f.name.stem}" for f in plan.files]
+
+
+class Buckets:
+    def __init__(self, root: Path):
+        self.root = root
+        self.sinks: dict[str, LocalSink] = {}
+
+    def __call__(self, bucket: str) -> LocalSink:
+        return self.sinks.setdefault(bucket, LocalSink(self.root / bucket))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[RequestService, Backend, Buckets]:
+    backend, buckets = Backend(), Buckets(tmp_path)
+    config = ServiceConfig(backend="external", errors_uri="gs://leaf-errors/bad")
+    return RequestService(config, sink_for=buckets, starter=backend), backend, buckets
+
+
+def _record(buckets: Buckets, request_id: str, folder: str = "prod") -> dict:
+    got = buckets(BUCKET).read_json(run_record_key(folder, request_id))
+    assert got is not None
+    return got[0]
+
+
+def test_start_writes_run_record_and_collection(env) -> None:
+    service, _backend, buckets = env
+    result = service.handle(_msg(_raw()))
+    assert result.status == "started"
+    rid = parse_request(_raw()).request_id
+    assert result.request_id == rid
+    record = _record(buckets, rid)
+    assert record["state"] == "PROCESSING"
+    assert [h["state"] for h in record["history"]] == ["CLAIMED", "PROCESSING"]
+    assert record["tasks"] == result.tasks and len(record["tasks"]) == 2 * 6
+    assert sorted(record["expected_objects"]) == sorted(record["objects"])
+    assert record["request"]["request_id"] == rid
+    coll, _ = buckets(BUCKET).read_json(collection_key("prod", rid))
+    assert coll["leaf:items"] == {"tile42_911_2020_Jul": "pending", "tile42_911_2020_Aug": "pending"}
+
+
+def test_duplicate_deliveries_start_once(env) -> None:
+    service, backend, _buckets = env
+    assert service.handle(_msg(_raw(), "m1")).status == "started"
+    assert service.handle(_msg(_raw(), "m1")).status == "duplicate"  # redelivery
+    assert service.handle(_msg(_raw(), "m2")).status == "duplicate"  # published twice
+    assert len(backend.starts) == 1
+
+
+def test_concurrent_duplicates_start_once(env) -> None:
+    service, backend, _ = env
+    outcomes: list[str] = []
+
+    def deliver(i: int) -> None:
+        try:
+            outcomes.append(service.handle(_msg(_raw(), f"m{i}")).status)
+        except InProgress:
+            outcomes.append("in_progress")  # the platform would redeliver it later
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("started") == 1 and len(backend.starts) == 1
+    assert set(outcomes) <= {"started", "duplicate", "in_progress"}
+
+
+def test_transient_backend_failure_is_raised_and_resumed_by_the_redelivery(env) -> None:
+    service, backend, buckets = env
+    backend.fail = TransientError("Earth Engine 503")
+    with pytest.raises(TransientError):
+        service.handle(_msg(_raw(), "m1"))
+    rid = parse_request(_raw()).request_id
+    assert _record(buckets, rid)["state"] == "CLAIMED"  # claim released: the redelivery may go on at once
+    backend.fail = None
+    assert service.handle(_msg(_raw(), "m1")).status == "started"
+    record = _record(buckets, rid)
+    assert len(backend.starts) == 1 and record["attempt"] == 2
+    assert [h["state"] for h in record["history"]] == ["CLAIMED", "CLAIMED", "PROCESSING"]
+
+
+def test_a_fresh_claim_makes_other_deliveries_wait(env) -> None:
+    """Even a redelivery of the claiming message (past its ack deadline) waits: the jobs start once."""
+    service, backend, _ = env
+    slow = threading.Event()
+    release = threading.Event()
+
+    def slow_backend(req, plan, sink):
+        slow.set()
+        release.wait(10)
+        return backend(req, plan, sink)
+
+    service.starter = slow_backend
+    first = threading.Thread(target=service.handle, args=(_msg(_raw(), "m1"),))
+    first.start()
+    assert slow.wait(10)
+    for mid in ("m1", "m2"):
+        with pytest.raises(InProgress):
+            service.handle(_msg(_raw(), mid))
+    release.set()
+    first.join()
+    assert len(backend.starts) == 1 and service.handle(_msg(_raw(), "m3")).status == "duplicate"
+
+
+def test_an_abandoned_claim_is_taken_over_after_the_lease(env) -> None:
+    import time
+
+    from leaf_engine.plan import make_plan
+    from leaf_engine.service import CLAIM_LEASE_S, new_run_record
+
+    service, backend, buckets = env
+    req = parse_request(_raw())
+    # a handler that died right after claiming left this behind
+    buckets(BUCKET).write_json(run_record_key("prod", req.request_id),
+                               new_run_record(req, make_plan(req), service.config, "m1"))
+    with pytest.raises(InProgress):
+        service.handle(_msg(_raw(), "m2"))
+    service.clock = lambda: time.time() + CLAIM_LEASE_S + 1
+    assert service.handle(_msg(_raw(), "m2")).status == "started" and len(backend.starts) == 1
+    assert _record(buckets, req.request_id)["attempt"] == 2
+
+
+def test_failed_run_may_be_rerun(env) -> None:
+    service, backend, buckets = env
+    backend.fail = LeafError("Earth Engine refused: permission denied")
+    result = service.handle(_msg(_raw(), "m1"))
+    rid = parse_request(_raw()).request_id
+    assert result.status == "failed" and _record(buckets, rid)["state"] == "FAILED"
+    assert "permission denied" in _record(buckets, rid)["errors"][0]
+    backend.fail = None
+    assert service.handle(_msg(_raw(), "m2")).status == "started"
+    record = _record(buckets, rid)
+    assert record["attempt"] == 2 and record["state"] == "PROCESSING"
+    assert [h["state"] for h in record["history"]] == ["CLAIMED", "FAILED", "CLAIMED", "PROCESSING"]
+
+
+def test_skip_existing_and_overwrite(env, tmp_path: Path) -> None:
+    service, backend, buckets = env
+    service.handle(_msg(_raw()))
+    first = _record(buckets, parse_request(_raw()).request_id)
+    july = [k for k, o in first["objects"].items() if o["item_id"] == "tile42_911_2020_Jul"]
+    write_outputs(buckets(BUCKET), first, tmp_path, july)
+
+    assert service.handle(_msg(_raw(), "m2", request_id="again")).status == "started"
+    assert [f.name.item_id for f in backend.starts[-1].files] == ["tile42_911_2020_Aug"] * 6
+    again = _record(buckets, "again")
+    assert again["skipped"] == ["tile42_911_2020_Jul"]
+    coll, _ = buckets(BUCKET).read_json(collection_key("prod", "again"))
+    assert coll["leaf:items"]["tile42_911_2020_Jul"] == "skipped"
+
+    # the same request again is a duplicate, whatever its rerun policy: a deliberate re-run needs a new id
+    assert service.handle(_msg(_raw(rerun="overwrite"), "m3")).status == "duplicate"
+    assert service.handle(_msg(_raw(rerun="overwrite"), "m4", request_id="forced")).status == "started"
+    assert {f.name.item_id for f in backend.starts[-1].files} == {"tile42_911_2020_Jul", "tile42_911_2020_Aug"}
+
+
+def test_everything_complete_starts_nothing(env, tmp_path: Path) -> None:
+    service, backend, buckets = env
+    service.handle(_msg(_raw()))
+    first = _record(buckets, parse_request(_raw()).request_id)
+    write_outputs(buckets(BUCKET), first, tmp_path)
+    result = service.handle(_msg(_raw(), "m2", request_id="third"))
+    assert result.status == "nothing_to_do" and len(backend.starts) == 1
+    assert _record(buckets, "third")["state"] == "SUCCEEDED"
+
+
+def test_invalid_request_lists_every_problem_next_to_the_outputs(env) -> None:
+    service, backend, buckets = env
+    bad = _raw(sensor="S9_SR", resolution=-5, months=[13])
+    result = service.handle(_msg(bad, "m1", request_id="bad-1"))
+    assert result.status == "invalid" and not backend.starts
+    record, _ = buckets(BUCKET).read_json(error_record_key("prod", "bad-1"))
+    assert {"sensor", "resolution", "months"} <= {p["key"] for p in record["problems"]}
+    assert result.record_uri == buckets(BUCKET).uri(error_record_key("prod", "bad-1"))
+    assert _record(buckets, "bad-1")["state"] == "INVALID"
+    # the same request id, now valid, may run
+    assert service.handle(_msg(_raw(), "m2", request_id="bad-1")).status == "started"
+    assert _record(buckets, "bad-1")["state"] == "PROCESSING"
+
+
+@pytest.mark.parametrize("data", [b"\x00\xff not json", "{\"sensor\": \"caf\u00e9\"}".encode("latin-1"), b"[1, 2]"])
+def test_unreadable_message_goes_to_the_errors_prefix(env, data: bytes) -> None:
+    service, _backend, buckets = env
+    result = service.handle(_msg(data))
+    assert result.status == "invalid" and result.request_id.startswith("msg-")  # type: ignore[union-attr]
+    got = buckets("leaf-errors").read_json(error_record_key("bad", result.request_id))  # type: ignore[arg-type]
+    assert got is not None and got[0]["problems"] and got[0]["message_id"] == "m1"
+    assert BUCKET not in buckets.sinks
+
+
+def test_cloud_service_refuses_local_output(env) -> None:
+    service, _backend, _ = env
+    result = service.handle(_msg(_raw(out_location="local")))
+    assert result.status == "invalid" and result.problems[0]["key"] == "out_location"
+
+
+def test_config_from_env() -> None:
+    config = ServiceConfig.from_env({"GOOGLE_CLOUD_PROJECT": "p", "LEAF_TILE_READY_TOPIC": "t",
+                                     "LEAF_ERRORS_URI": "gs://b/errs"})
+    assert (config.project, config.backend, config.tile_ready_topic, config.errors_uri) == ("p", "gee", "t",
+                                                                                            "gs://b/errs")
+    with pytest.raises(LeafError, match="LEAF_BACKEND"):
+        ServiceConfig.from_env({"LEAF_BACKEND": "spark"})
+    with pytest.raises(LeafError, match="gs://"):
+        ServiceConfig.from_env({"LEAF_ERRORS_URI": "/tmp/errors"})
