@@ -94,6 +94,10 @@ class OutputName:
 
     __str__ = key
 
+    def quicklook_key(self) -> str:
+        """The quicklook PNG of a product file: next to it, same name, ``.png``."""
+        return self.key().removesuffix(".tif") + ".png"
+
     def with_shard(self, row: int, col: int) -> OutputName:
         return replace(self, shard=(row, col))
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# The tests spawn servers while Pub/Sub (gRPC) clients run in this process: keep gRPC's fork handlers out.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +22,6 @@ def emulators() -> Iterator[Emulators]:
 
     A machine without gcloud/java skips the tests that need them, unless LEAF_REQUIRE_EMULATORS=1 (CI).
     """
-    import os
-
     try:
         with running_emulators() as emu:
             yield emu

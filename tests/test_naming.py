@@ -46,6 +46,7 @@ def test_examples():
     n = OutputName("leaf/v1", "tile42_911", 2020, "Jun", "LAI", 30, (0, 32768))
     assert n.key() == "leaf/v1/tile42_911/2020/tile42_911_2020_Jun_LAI_30m-0000000000-0000032768.tif"
     assert n.prefix == "leaf/v1/tile42_911/2020/tile42_911_2020_Jun_LAI_30m"
+    assert n.unsharded().quicklook_key() == "leaf/v1/tile42_911/2020/tile42_911_2020_Jun_LAI_30m.png"
     assert OutputName("", "r", 2020, "season", "QC", 20).key() == "r/2020/r_2020_season_QC_20m.tif"
     assert period_token(date(2020, 6, 1), date(2020, 6, 30)) == "Jun"
     assert period_token(date(2020, 6, 15), date(2020, 9, 15)) == "season"

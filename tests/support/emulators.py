@@ -74,21 +74,22 @@ class Service:
                 pass
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if the test process dies without cleaning up (crash, SIGKILL)."""
-    try:
-        import ctypes
+def _die_with_parent(cmd: list[str]) -> list[str]:
+    """Linux: run ``cmd`` under ``setpriv --pdeathsig`` so the child gets SIGTERM if the test process dies
+    without cleaning up (crash, SIGKILL).
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    Not a ``preexec_fn``: that forces a real ``fork()``, whose pthread_atfork handlers (installed by gRPC once a
+    Pub/Sub client has run in this process) can block forever; without it Python spawns with ``vfork``.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv and sys.platform == "linux" else cmd
 
 
 def _spawn(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> Service:
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=REPO, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        proc = subprocess.Popen(_die_with_parent(cmd), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=REPO)
     return Service(name, proc, log_path)
 
 

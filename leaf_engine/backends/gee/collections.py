@@ -14,7 +14,6 @@ from typing import Any
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...sensors import ANGLE_INPUTS, Sensor
 
-"""Scenes cloudier than this (percent) are not considered at all."""
 S2_CLOUD_PROPERTY = "CLOUDY_PIXEL_PERCENTAGE"
 LANDSAT_CLOUD_PROPERTY = "CLOUD_COVER"
 S2_ANGLE_PROPERTIES = {

@@ -4,7 +4,7 @@
     result = produce(parse_request(...), out_dir=Path("out"))
 """
 
-from .engine import JobSummary, ProduceError, ProduceResult, produce, quicklook_key
+from .engine import JobSummary, ProduceError, ProduceResult, produce
 from .scenes import SceneError
 
-__all__ = ["JobSummary", "ProduceError", "ProduceResult", "SceneError", "produce", "quicklook_key"]
+__all__ = ["JobSummary", "ProduceError", "ProduceResult", "SceneError", "produce"]

@@ -160,16 +160,11 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
         if quicklooks:
             png = write_quicklook(path, product_name, path.with_suffix(".png"),
                                   f"{name.stem} — {req.sensor} {req.algorithm}")
-            sink.put_file(quicklook_key(name.key()), png)
-            summary.files.append(quicklook_key(name.key()))
+            sink.put_file(name.quicklook_key(), png)
+            summary.files.append(name.quicklook_key())
         path.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def quicklook_key(cog_key: str) -> str:
-    """The quicklook PNG sits next to its COG, same name with ``.png``."""
-    return cog_key.removesuffix(".tif") + ".png"
 
 
 def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink | None = None,

@@ -22,7 +22,6 @@ from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
 from ...sensors import SENSORS, Sensor, members
 
-"""Scenes with more cloud than this (``eo:cloud_cover``, %) are skipped; per-pixel masks handle the rest."""
 S2_OFFSET_BASELINE = 4.0
 S2_BOA_OFFSET_DN = -1000
 """Sentinel-2 L2A from processing baseline 04.00 on: reflectance = (DN − 1000) / 10000 (ESA, Jan 2022)."""
