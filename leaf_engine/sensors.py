@@ -167,6 +167,11 @@ SENSORS: dict[str, Sensor] = {
     )
 }
 
+S2_OFFSET_BASELINE = 4.0
+S2_BOA_OFFSET_DN = -1000
+"""Sentinel-2 L2A from processing baseline 04.00 on: reflectance = (DN − 1000) / 10000 (ESA, Jan 2022).
+Earth Engine's harmonised collection has already removed it; raw L2A products (STAC catalogues) have not."""
+
 MERGED: dict[str, tuple[str, ...]] = {"LS_SR": ("L8_SR", "L9_SR")}
 """Request sensors that merge several collections; each observation keeps its own sensor code and networks."""
 

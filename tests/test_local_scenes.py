@@ -11,14 +11,13 @@ from odc.geo.geobox import GeoBox
 
 from leaf_engine.backends.local.reading import read_scaled
 from leaf_engine.backends.local.scenes import (
-    S2_BOA_OFFSET_DN,
     SceneError,
     discover,
     load_items,
     scene_from_item,
     select_scenes,
 )
-from leaf_engine.sensors import SENSORS
+from leaf_engine.sensors import S2_BOA_OFFSET_DN, SENSORS
 from tests.test_local_support import VEGETATION, make_item, save_collection
 
 WHEN = datetime(2019, 7, 10, 10, 40, tzinfo=UTC)

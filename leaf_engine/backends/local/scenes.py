@@ -20,11 +20,8 @@ from shapely.geometry import shape
 
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
-from ...sensors import SENSORS, Sensor, members
+from ...sensors import S2_BOA_OFFSET_DN, S2_OFFSET_BASELINE, SENSORS, Sensor, members
 
-S2_OFFSET_BASELINE = 4.0
-S2_BOA_OFFSET_DN = -1000
-"""Sentinel-2 L2A from processing baseline 04.00 on: reflectance = (DN − 1000) / 10000 (ESA, Jan 2022)."""
 ANGLE_ASSET_KEYS: dict[str, tuple[str, ...]] = {
     "sza": ("sza", "solar_zenith", "sun_zenith"),
     "saa": ("saa", "solar_azimuth", "sun_azimuth"),
