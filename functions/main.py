@@ -126,5 +126,8 @@ def catalogue_output(event: Any) -> None:
     except TransientError as e:
         logs.warning(f"transient failure, the event will be redelivered: {e}", object=obj.key)
         raise
+    except (LeafError, KeyError, ValueError) as e:  # permanent (e.g. a malformed run record): no retry storm
+        logs.error(f"object not catalogued: {type(e).__name__}: {e}", object=obj.key)
+        return
     if result.status != "ignored":
         logs.info(f"object {result.status}", object=obj.key, request_id=result.request_id, item_id=result.item_id)

@@ -40,12 +40,14 @@ def date_term(obs: date, start: date, end: date) -> float:
 
 
 def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (nir - red) / (nir + red)
+    """(nir − red) / (nir + red), and 0 where nir + red = 0 (Earth Engine's divide gives 0 there too)."""
+    total = np.asarray(nir + red)
+    return np.divide(nir - red, total, out=np.zeros(total.shape, np.result_type(total, np.float32)),
+                     where=total != 0)
 
 
 def score(red: np.ndarray, nir: np.ndarray, obs: date, start: date, end: date, cloud_cover: float) -> np.ndarray:
-    """Per-pixel score of one observation (float32). NaN where NDVI is undefined."""
+    """Per-pixel score of one observation (float32); the spectral term is 0 where NDVI is undefined."""
     spectral = np.clip(ndvi(red, nir), 0.0, 1.0)
     scene = W_DATE * date_term(obs, start, end) + W_CLOUD * (1.0 - min(max(cloud_cover, 0.0), 100.0) / 100.0)
     return (W_SPECTRAL * spectral + scene).astype(np.float32)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sensors import SENSORS
+
 BIOPHYSICAL: tuple[str, ...] = ("LAI", "fCOVER", "fAPAR", "Albedo")
 """Products a request may ask for; QC and Date are always written."""
 
@@ -113,7 +115,8 @@ QC_BITS: dict[str, str] = {
     "0": "input reflectance outside the network's definition domain",
     "1": "estimate outside the product's valid range",
     "2": "invalid: no clear observation (cloud, shadow, cirrus, snow/ice, water, saturation, reflectance out of range)",
-    "3-7": "sensor code: L5=5, L7=7, L8=8, L9=9, S2=21 (byte value code*8)",
+    "3-7": "sensor code: " + ", ".join(f"{s.id.removesuffix('_SR')}={s.qc_code}" for s in SENSORS.values())
+    + " (byte value code*8)",
 }
 
 

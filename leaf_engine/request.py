@@ -81,8 +81,9 @@ class ProductionRequest(BaseModel):
         return d
 
     def identity(self) -> dict[str, Any]:
-        """What defines the request's outputs: the normalised fields without warnings or rerun policy."""
-        return self.model_dump(mode="json", exclude={"warnings", "supplied_request_id", "rerun"})
+        """What defines the request: the normalised fields without warnings. The rerun policy is part of it, so
+        an ``overwrite`` request is a new run (new Earth Engine request ids) while its redeliveries are not."""
+        return self.model_dump(mode="json", exclude={"warnings", "supplied_request_id"})
 
     @property
     def request_id(self) -> str:

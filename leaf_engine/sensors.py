@@ -44,6 +44,10 @@ class Sensor:
     """Landsat: the C2 TOA collection whose angle bands (SAA/SZA/VAA/VZA) give per-pixel geometry."""
     mask_asset: str = ""
     """STAC asset key (lower case) of the quality layer: ``scl`` or ``qa_pixel``."""
+    saturation_asset: str = ""
+    """Landsat: STAC asset key of the radiometric saturation layer (``qa_radsat``); any bit set = invalid."""
+    saturation_band: str = ""
+    """The same layer's Earth Engine band name (``QA_RADSAT``)."""
 
     @property
     def qc_value(self) -> int:
@@ -118,6 +122,8 @@ SENSORS: dict[str, Sensor] = {
             {"SL2P": "leaf_sl2p_l5"},
             "LANDSAT/LT05/C02/T1_TOA",
             "qa_pixel",
+            "qa_radsat",
+            "QA_RADSAT",
         ),
         Sensor(
             "L7_SR",
@@ -133,6 +139,8 @@ SENSORS: dict[str, Sensor] = {
             {"SL2P": "leaf_sl2p_l7"},
             "LANDSAT/LE07/C02/T1_TOA",
             "qa_pixel",
+            "qa_radsat",
+            "QA_RADSAT",
         ),
         Sensor(
             "L8_SR",
@@ -148,6 +156,8 @@ SENSORS: dict[str, Sensor] = {
             {"SL2P": "leaf_sl2p_l8", "SL2P-CCRS": "leaf_sl2pccrs_l8"},
             "LANDSAT/LC08/C02/T1_TOA",
             "qa_pixel",
+            "qa_radsat",
+            "QA_RADSAT",
         ),
         Sensor(
             "L9_SR",
@@ -163,6 +173,8 @@ SENSORS: dict[str, Sensor] = {
             {"SL2P": "leaf_sl2p_l9", "SL2P-CCRS": "leaf_sl2pccrs_l9"},
             "LANDSAT/LC09/C02/T1_TOA",
             "qa_pixel",
+            "qa_radsat",
+            "QA_RADSAT",
         ),
     )
 }

@@ -43,9 +43,9 @@ def test_landsat_mask_matches_the_local_rule_plus_radsat(ee_client) -> None:
     rng = np.random.default_rng(2)
     qa = rng.integers(0, 1 << 16, N)
     radsat = np.where(rng.random(N) < 0.1, rng.integers(1, 256, N), 0)
-    got = evaluate(masks.landsat_clear(ee_client.Image("scene")),
+    got = evaluate(masks.landsat_clear(ee_client.Image("scene"), sensors.SENSORS["L8_SR"]),
                    {"scene": Img.from_arrays({"QA_PIXEL": qa, "QA_RADSAT": radsat})})
-    want = ~local_masks.qa_pixel_invalid(qa) & (radsat == 0)
+    want = ~local_masks.qa_pixel_invalid(qa) & ~local_masks.saturation_invalid(radsat)
     assert 0 < want.mean() < 1
     np.testing.assert_array_equal(got.array("QA_PIXEL") == 1, want)
 
@@ -59,6 +59,13 @@ def test_s2_scl_and_qa60_masks(ee_client) -> None:
     np.testing.assert_array_equal(got_scl.array("remapped") == 1, ~local_masks.scl_invalid(scl))
     got_qa = evaluate(masks.s2_qa60_clear(ee_client.Image("scene")), scene)
     np.testing.assert_array_equal(got_qa.array("QA60") == 1, (qa60 & ((1 << 10) | (1 << 11))) == 0)
+    # Since 2022 QA60 is empty (masked), and some scenes lack it: neither may mask the scene away.
+    empty = Img.from_arrays({"SCL": scl, "QA60": qa60})
+    empty.bands[1].mask[:] = False
+    got_empty = evaluate(masks.s2_qa60_clear(ee_client.Image("scene")), {"scene": empty})
+    assert (got_empty.array("QA60", fill=0) == 1).all()
+    got_missing = evaluate(masks.s2_qa60_clear(ee_client.Image("scene")), {"scene": Img.from_arrays({"SCL": scl})})
+    assert (got_missing.bands[0].data == 1).all()
 
 
 def test_reflectance_range_test_matches_local(ee_client) -> None:

@@ -112,3 +112,11 @@ def test_per_pixel_angle_assets_are_used(tmp_path):
         expected = products.encode("LAI", np.asarray(estimate(nets, inputs, ["LAI"]).values["LAI"]))
         assert (lai[:, cols] == expected).all()
     assert lai[0, 0] != lai[0, 19]
+
+
+def test_ndvi_is_zero_where_undefined_as_in_earth_engine():
+    from leaf_engine import composite
+
+    red = np.array([-0.002, 0.0, 0.1], np.float32)
+    nir = np.array([0.002, 0.0, 0.3], np.float32)
+    np.testing.assert_allclose(composite.ndvi(red, nir), [0.0, 0.0, 0.5], atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import numpy as np
+import pystac
 import pytest
 import shapely
 from odc.geo.geobox import GeoBox
@@ -159,3 +160,42 @@ def test_stacked_reads_equal_separate_reads(tmp_path):
         np.testing.assert_array_equal(raw, raw1)
         np.testing.assert_array_equal(has, has1)
     assert not together[0][1].all() and together[0][1].any()
+
+
+def test_s2_baseline_4_offset_applies_when_raster_bands_give_only_a_scale(tmp_path):
+    s2 = SENSORS["S2_SR"]
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION, offset=S2_BOA_OFFSET_DN * s2.dn_scale,
+                     properties={"s2:processing_baseline": "05.00"})
+    for asset in item.assets.values():
+        del asset.extra_fields["raster:bands"][0]["offset"]  # a catalogue that states the scale only
+    values, _ = read_scaled(scene_from_item(item, s2).bands["B4"], _grid_of(item))
+    np.testing.assert_allclose(values, VEGETATION["red"], atol=1e-6)
+
+
+def test_missing_cloud_cover_reads_as_zero(tmp_path):
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION)
+    item.properties["eo:cloud_cover"] = None
+    assert scene_from_item(item, SENSORS["S2_SR"]).cloud_cover == 0.0
+
+
+def test_landsat_saturated_pixels_are_not_clear(tmp_path):
+    from leaf_engine.backends.local.pipeline import read_observation
+    from tests.test_local_support import write_raster
+
+    l8 = SENSORS["L8_SR"]
+    clear_qa = np.full((20, 20), 1 << 6, np.uint16)  # QA_PIXEL bit 6: clear
+    item = make_item(tmp_path, "l8", "L8_SR", WHEN, VEGETATION, quality=clear_qa)
+    radsat = np.zeros((20, 20), np.uint16)
+    radsat[:5] = 1 << 3  # band 4 saturated in the top five rows
+    href = write_raster(tmp_path / "l8_qa_radsat.tif", radsat, "EPSG:32631", item_transform(), None)
+    item.add_asset(l8.saturation_asset, pystac.Asset(href, media_type=pystac.MediaType.GEOTIFF))
+    scene = scene_from_item(item, l8)
+    assert scene.saturation is not None
+    _, clear = read_observation(scene, _grid_of(item))
+    assert not clear[:5].any() and clear[5:].all()
+
+
+def item_transform():
+    from affine import Affine
+
+    return Affine(20, 0, 360000, 0, -20, 4840000)

@@ -203,7 +203,7 @@ def test_request_id_is_deterministic_and_content_sensitive():
     a, b = parse(), parse()
     assert a.request_id == b.request_id
     assert parse(months=[7]).request_id != a.request_id
-    assert parse(rerun="overwrite").request_id == a.request_id  # policy, not content
+    assert parse(rerun="overwrite").request_id != a.request_id  # overwrite is a new run, not a duplicate
     assert parse_request({**BASE}, request_id="abc-1", today=TODAY).request_id == "abc-1"
     with pytest.raises(RequestError, match="request_id"):
         parse_request({**BASE}, request_id="../etc", today=TODAY)

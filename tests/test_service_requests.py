@@ -194,10 +194,14 @@ def test_skip_existing_and_overwrite(env, tmp_path: Path) -> None:
     coll, _ = buckets(BUCKET).read_json(collection_key("prod", "again"))
     assert coll["leaf:items"]["tile42_911_2020_Jul"] == "skipped"
 
-    # the same request again is a duplicate, whatever its rerun policy: a deliberate re-run needs a new id
-    assert service.handle(_msg(_raw(rerun="overwrite"), "m3")).status == "duplicate"
-    assert service.handle(_msg(_raw(rerun="overwrite"), "m4", request_id="forced")).status == "started"
+    # the same request again is a duplicate; with rerun "overwrite" it is a new run that redoes every item,
+    # and a redelivery of that overwrite message is again a duplicate
+    assert service.handle(_msg(_raw(), "m3")).status == "duplicate"
+    assert service.handle(_msg(_raw(rerun="overwrite"), "m4")).status == "started"
     assert {f.name.item_id for f in backend.starts[-1].files} == {"tile42_911_2020_Jul", "tile42_911_2020_Aug"}
+    starts = len(backend.starts)
+    assert service.handle(_msg(_raw(rerun="overwrite"), "m4")).status == "duplicate"
+    assert len(backend.starts) == starts
 
 
 def test_everything_complete_starts_nothing(env, tmp_path: Path) -> None:

@@ -196,3 +196,9 @@ def test_unknown_set_and_missing_inputs():
         estimate(nets, {n: np.zeros(2) for n in nets.inputs if n != "SR_B7"})
     with pytest.raises(LeafError, match="CCC"):
         estimate(load_network_set("leaf_sl2p_l8"), {n: np.zeros(2) for n in nets.inputs}, ["XYZ"])
+
+
+def test_flat_qc_output_ranges_are_read():
+    from leaf_engine.sl2p.networks import _parse_ranges
+
+    assert _parse_ranges({"LAI": [0, 15], "CCC": [0, 600]}) == {"LAI": (0.0, 15.0), "CCC": (0.0, 600.0)}

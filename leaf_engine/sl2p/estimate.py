@@ -14,7 +14,7 @@ from . import domain as domain_mod
 from . import reference
 from .networks import NetworkSet, canonical_variable
 
-DEFAULT_VARIABLES: tuple[str, ...] = ("LAI", "fCOVER", "fAPAR", "Albedo")
+DEFAULT_VARIABLES: tuple[str, ...] = BIOPHYSICAL
 _REFERENCE_BLOCK = 1 << 18
 """Pixels per block of the float64 reference path (bounds its temporaries to a few tens of MB)."""
 

@@ -350,7 +350,7 @@ def _parse_ranges(raw: Any) -> dict[str, tuple[float, float]]:
     if not isinstance(raw, Mapping):
         return {}
     entries = [v for v in raw.values() if isinstance(v, Mapping)]
-    if entries and all(isinstance(v, (list, tuple)) for v in raw.values()):  # flat {var: [lo, hi]}
+    if not entries and raw and all(isinstance(v, (list, tuple)) for v in raw.values()):  # flat {var: [lo, hi]}
         entries = [raw]
 
     def rank(key: str) -> int:

@@ -19,6 +19,7 @@ an operation this interpreter does not know fails loudly instead of being evalua
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,13 @@ class Img:
             if b.name == name:
                 return b
         raise KeyError(f"no band {name!r} in {self.names()}")
+
+    def selected(self, selector: str) -> Band:
+        """The band a ``select`` picks: like Earth Engine, the selector is a regular expression over names."""
+        for b in self.bands:
+            if re.fullmatch(selector, b.name):
+                return b
+        raise KeyError(f"no band matches {selector!r} in {self.names()}")
 
     def array(self, name: str, fill: float = np.nan) -> np.ndarray:
         """A band's values with masked pixels set to ``fill``."""
@@ -156,6 +164,11 @@ class Interpreter:
             return {k: self._value(x) for k, x in v["dictionaryValue"]["values"].items()}
         if "functionInvocationValue" in v:
             f = v["functionInvocationValue"]
+            if f["functionName"] in ("If", "Algorithms.If"):  # lazy, as on the server: only the chosen branch runs
+                self.calls.append(f["functionName"])
+                raw = f.get("arguments", {})
+                chosen = "trueCase" if self._value(raw["condition"]) else "falseCase"
+                return self._value(raw[chosen])
             args = {k: self._value(x) for k, x in f.get("arguments", {}).items()}
             return self._call(f["functionName"], args)
         raise NotImplementedError(f"value kind {sorted(v)}")
@@ -169,6 +182,12 @@ class Interpreter:
             return float(_NUMBER_BINARY[op](float(a["left"]), float(a["right"])))
         if kind == "Number" and op in _NUMBER_UNARY:
             return float(_NUMBER_UNARY[op](float(a["input"])))
+        if name == "Image.bandNames":
+            return a["image"].names()
+        if name == "List.contains":
+            return a["element"] in a["list"]
+        if name == "List.containsAll":
+            return all(x in a["list"] for x in a["other"])
         if kind != "Image":
             raise NotImplementedError(f"{name} is not interpreted")
         if op in _BINARY:
@@ -189,7 +208,7 @@ class Interpreter:
 
     def _op_select(self, a: dict[str, Any]) -> Img:
         img: Img = a["input"]
-        picked = [img.bands[s] if isinstance(s, int) else img.band(s) for s in a["bandSelectors"]]
+        picked = [img.bands[s] if isinstance(s, int) else img.selected(s) for s in a["bandSelectors"]]
         names = a.get("newNames") or [b.name for b in picked]
         return Img([Band(n, b.data, b.mask) for n, b in zip(names, picked, strict=True)])
 

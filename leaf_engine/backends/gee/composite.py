@@ -15,6 +15,7 @@ from typing import Any
 from ... import composite as score_rule
 from ...sensors import Sensor
 from . import collections, masks
+from .sl2p_graph import select_exact
 
 SCORE = "score"
 DOY = "doy"
@@ -30,7 +31,7 @@ def spectral_term(refl: Any, sensor: Sensor) -> Any:
 
     Earth Engine's ``divide`` returns 0 for a division by 0, which gives exactly that.
     """
-    red, nir = refl.select(_band_named(sensor, "red")), refl.select(_band_named(sensor, "nir08"))
+    red, nir = (select_exact(refl, [_band_named(sensor, c)]) for c in ("red", "nir08"))
     return nir.subtract(red).divide(nir.add(red)).clamp(0, 1)
 
 

@@ -30,8 +30,14 @@ def s2_scl_clear(img: Any) -> Any:
 
 
 def s2_qa60_clear(img: Any) -> Any:
-    """1 where QA60 flags neither opaque cloud nor cirrus."""
-    return img.select("QA60").bitwiseAnd(sum(1 << b for b in sensors.S2_QA60_INVALID_BITS)).eq(0)
+    """1 where QA60 flags neither opaque cloud nor cirrus. QA60 is empty (masked) in scenes since 2022 and absent
+    from some: masked or missing counts as "no flag", else those scenes would lose every pixel."""
+    import ee
+
+    bits = sum(1 << b for b in sensors.S2_QA60_INVALID_BITS)
+    has_qa60 = img.bandNames().contains("QA60")
+    return ee.Image(ee.Algorithms.If(
+        has_qa60, img.select("QA60").unmask(0).bitwiseAnd(bits).eq(0), ee.Image.constant(1)))
 
 
 def s2_classi_clear(img: Any) -> Any:
@@ -40,7 +46,8 @@ def s2_classi_clear(img: Any) -> Any:
 
     has_classi = img.bandNames().containsAll(list(S2_CLASSI_BANDS))
     return ee.Image(ee.Algorithms.If(
-        has_classi, img.select(list(S2_CLASSI_BANDS)).reduce(ee.Reducer.max()).eq(0), ee.Image.constant(1)))
+        has_classi, img.select(list(S2_CLASSI_BANDS)).unmask(0).reduce(ee.Reducer.max()).eq(0),
+        ee.Image.constant(1)))
 
 
 def s2_clear(img: Any) -> Any:
@@ -48,10 +55,10 @@ def s2_clear(img: Any) -> Any:
     return s2_scl_clear(img).And(s2_qa60_clear(img)).And(s2_classi_clear(img))
 
 
-def landsat_clear(img: Any) -> Any:
+def landsat_clear(img: Any, sensor: Sensor) -> Any:
     """1 where a Landsat C2 L2 pixel is clear: no QA_PIXEL invalid flag and no saturated band (QA_RADSAT)."""
     qa_ok = img.select("QA_PIXEL").bitwiseAnd(sensors.qa_pixel_invalid_mask()).eq(0)
-    radsat_ok = img.select("QA_RADSAT").eq(0)
+    radsat_ok = img.select(sensor.saturation_band).eq(0)
     return qa_ok.And(radsat_ok)
 
 
@@ -65,5 +72,5 @@ def reflectance_ok(refl: Any) -> Any:
 
 def clear(img: Any, sensor: Sensor) -> Any:
     """The full validity test of one scene: quality layer and reflectance range."""
-    quality = landsat_clear(img) if sensor.is_landsat else s2_clear(img)
+    quality = landsat_clear(img, sensor) if sensor.is_landsat else s2_clear(img)
     return quality.And(reflectance_ok(reflectance(img, sensor)))

@@ -12,7 +12,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...errors import EarthEngineError
+from ...errors import EarthEngineError, TransientError
 
 ENV_URL = "LEAF_EE_URL"
 ENV_PROJECT = "LEAF_EE_PROJECT"
@@ -76,7 +76,13 @@ def initialize(project: str | None = None) -> str:
     try:
         ee.Initialize(credentials=credentials, url=url, project=project)
     except ee.EEException as e:
+        from .exports import RETRY_STATUSES, http_status
+
+        if http_status(e) in RETRY_STATUSES:  # 429/5xx: the platform retries the message later
+            raise TransientError(f"Earth Engine initialisation: {e}; retry later") from e
         raise EarthEngineError(f"Earth Engine initialisation failed for project {project!r}: {e}") from e
+    except OSError as e:  # connection refused/reset, timeouts (requests' errors are OSErrors too)
+        raise TransientError(f"cannot reach Earth Engine to initialise: {e}; retry later") from e
     ee.data.setMaxRetries(0)
     _initialised_for = key
     return project

@@ -12,6 +12,7 @@ what the local engine computes in float64.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,8 +51,9 @@ def _partitioned(x: Any, nets: tuple[Network, ...], network_index: Any | None) -
         return out
     done: dict[int, Any] = {id(nets[0]): out}
     for k, net in enumerate(nets[1:], start=1):
-        img = done.setdefault(id(net), network_image(x, net))
-        out = out.where(network_index.eq(k), img)
+        if id(net) not in done:
+            done[id(net)] = network_image(x, net)
+        out = out.where(network_index.eq(k), done[id(net)])
     return out
 
 
@@ -62,13 +64,19 @@ def network_index_image(nets: NetworkSet, landcover: Any) -> Any:
     return landcover.remap(classes, [nets.partition[c] for c in classes], 0)
 
 
+def select_exact(img: Any, names: Sequence[str]) -> Any:
+    """Bands by their exact names. Earth Engine reads ``select`` names as regular expressions, and the Landsat 5/7
+    network inputs (``green(B2)`` …) contain parentheses."""
+    return img.select([re.escape(n) for n in names], list(names))
+
+
 def domain_code(x: Any, bands: Sequence[str]) -> Any:
     """Decimal domain code of the reflectance ``bands``, by the rule of :mod:`leaf_engine.sl2p.domain`:
     c = ceil(min(10·ρ, DIGIT_CAP) − BOUNDARY_TOLERANCE) in double; digit = c mod 10, 0 for c ≤ 0; code = Σ digitᵢ·10ⁱ
     (first band = units digit)."""
     import ee
 
-    tenths = x.select(list(bands)).multiply(10).min(DIGIT_CAP).subtract(BOUNDARY_TOLERANCE)
+    tenths = select_exact(x, bands).multiply(10).min(DIGIT_CAP).subtract(BOUNDARY_TOLERANCE)
     digits = tenths.ceil().max(0).mod(10)
     return digits.multiply(_const([10.0**i for i in range(len(bands))])).reduce(ee.Reducer.sum())
 
@@ -92,7 +100,7 @@ def estimates_image(inputs: Any, nets: NetworkSet, variables: Sequence[str], *, 
     """
     import ee
 
-    x = inputs.select(list(nets.inputs)).toDouble()
+    x = select_exact(inputs, nets.inputs).toDouble()
     index = network_index_image(nets, landcover) if nets.is_ccrs and landcover is not None else None
     if nets.is_ccrs and landcover is None:
         raise NetworkFileError(f"network set {nets.set_id} is SL2P-CCRS: it needs a land-cover partition image")

@@ -24,6 +24,11 @@ def qa_pixel_invalid(qa: np.ndarray) -> np.ndarray:
     return (np.asarray(qa).astype(np.uint32) & qa_pixel_invalid_mask()) != 0
 
 
+def saturation_invalid(radsat: np.ndarray) -> np.ndarray:
+    """Landsat C2 QA_RADSAT: True where any band is saturated (or the pixel dropped/occluded): any bit set."""
+    return np.asarray(radsat) != 0
+
+
 def quality_invalid(kind: str | None, layer: np.ndarray | None) -> np.ndarray | bool:
     """Invalid pixels from a scene's quality layer; ``False`` (nothing masked) when the scene has none."""
     if kind is None or layer is None:

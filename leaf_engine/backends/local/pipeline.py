@@ -18,7 +18,7 @@ from rasterio.features import geometry_mask
 from ... import composite, products
 from ...sensors import ANGLE_INPUTS, SENSORS
 from ...sl2p import NetworkSet, estimate
-from .masks import quality_invalid, reflectance_invalid
+from .masks import quality_invalid, reflectance_invalid, saturation_invalid
 from .reading import read_many, read_scaled, read_warped, scaled
 from .scenes import AssetRef, Scene
 
@@ -108,16 +108,20 @@ def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray
     """Reflectance [n_bands, h, w] (float32, rounded once from float64 so k/10 values stay exact), clear pixels."""
     shape = (gbox.height, gbox.width)
     refs = list(scene.bands.values())
-    masks = [scene.mask] if scene.mask is not None else []
-    reads = read_many([*refs, *masks], gbox, [False] * len(refs) + [True] * len(masks))
+    layers = [r for r in (scene.mask, scene.saturation) if r is not None]
+    reads = read_many([*refs, *layers], gbox, [False] * len(refs) + [True] * len(layers))
     bands = np.empty((len(refs), *shape), np.float32)
     clear = np.ones(shape, dtype=bool)
     for i, (ref, (raw, has)) in enumerate(zip(refs, reads, strict=False)):
         bands[i] = scaled(ref, raw, has)
         clear &= has
+    layer_reads = iter(reads[len(refs):])
     if scene.mask is not None:
-        layer, has_q = reads[-1]
+        layer, has_q = next(layer_reads)
         clear &= has_q & ~quality_invalid(scene.mask_kind, layer)
+    if scene.saturation is not None:
+        radsat, has_r = next(layer_reads)
+        clear &= ~(has_r & saturation_invalid(radsat))  # 0 (nothing saturated) may read as the fill value
     clear &= ~reflectance_invalid(bands)
     return bands, clear
 
@@ -125,11 +129,7 @@ def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray
 def _score(scene: Scene, bands: np.ndarray, spec: JobSpec) -> np.ndarray:
     common = [b.common_name for b in scene.sensor.bands]
     red, nir = bands[common.index("red")], bands[common.index("nir08")]
-    s = composite.score(red, nir, scene.date, spec.start, spec.end, scene.cloud_cover)
-    # NDVI undefined (red + nir = 0): keep the scene terms, spectral term 0 (red = nir gives NDVI 0).
-    one = np.ones(1, np.float32)
-    no_spectral = composite.score(one, one, scene.date, spec.start, spec.end, scene.cloud_cover)[0]
-    return np.where(np.isnan(s), no_spectral, s)
+    return composite.score(red, nir, scene.date, spec.start, spec.end, scene.cloud_cover)
 
 
 def add_scene(comp: Composite, scene: Scene, gbox: GeoBox, spec: JobSpec, inside: np.ndarray) -> None:
@@ -205,7 +205,7 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
         est = _estimate_sensor(spec, comp, sel, sensor_id, partition)
         for v in spec.variables:
             values[v][sel] = est.values[v]
-            if spec.uncertainty and est.uncertainty is not None:
+            if v in est.uncertainty:  # a user's network set may lack uncertainty networks
                 unc[v][sel] = est.uncertainty[v]
         domain[sel] = _as_flag(est.input_out_of_domain, spec.variables, n)
         out_of_range[sel] = _as_flag(est.out_of_range, spec.variables, n)

@@ -59,6 +59,7 @@ class Scene:
     mask: AssetRef | None
     mask_kind: str | None
     """``scl``, ``qa_pixel`` or None (no quality layer: nodata is the only mask)."""
+    saturation: AssetRef | None
     sun_zenith: float
     sun_azimuth: float
     view_zenith: float
@@ -136,6 +137,11 @@ def _s2_baseline(item: pystac.Item) -> float | None:
         return None
 
 
+def _cloud_cover(item: pystac.Item) -> float:
+    """``eo:cloud_cover`` in percent; 0 when the item does not say (the per-pixel masks still apply)."""
+    return float(item.properties.get("eo:cloud_cover") or 0.0)
+
+
 def reflectance_ref(item: pystac.Item, key: str, sensor: Sensor) -> AssetRef:
     """Asset → reflectance map: the item's ``raster:bands`` scale/offset, else the collection's known scaling."""
     asset = item.assets[key]
@@ -144,9 +150,10 @@ def reflectance_ref(item: pystac.Item, key: str, sensor: Sensor) -> AssetRef:
         scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
     else:
         scale, offset = sensor.dn_scale, sensor.dn_offset
-        baseline = _s2_baseline(item)
-        if sensor.id == "S2_SR" and baseline is not None and baseline >= S2_OFFSET_BASELINE:
-            offset += S2_BOA_OFFSET_DN * sensor.dn_scale
+    # The S2 BOA offset applies unless the item states an offset itself (some catalogues give only the scale).
+    baseline = _s2_baseline(item)
+    if "offset" not in rb and sensor.id == "S2_SR" and baseline is not None and baseline >= S2_OFFSET_BASELINE:
+        offset += S2_BOA_OFFSET_DN * scale
     nodata = rb.get("nodata")
     return AssetRef(asset.get_absolute_href() or asset.href, scale, offset,
                     None if nodata is None else float(nodata))
@@ -199,16 +206,18 @@ def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
     if missing:
         raise SceneError(f"item {item.id!r} lacks assets for {', '.join(missing)}")
     mask_key = _asset_key(item, [sensor.mask_asset]) if sensor.mask_asset else None
+    sat_key = _asset_key(item, [sensor.saturation_asset]) if sensor.saturation_asset else None
     angle_assets = {name: _plain_ref(item, k, ANGLE_DEFAULT_SCALE)
                     for name, keys in ANGLE_ASSET_KEYS.items() if (k := _asset_key(item, keys)) is not None}
     sza, saa, vza, vaa = scene_angles(item)
     if item.datetime is None:
         raise SceneError(f"item {item.id!r} has no datetime")
     return Scene(
-        id=item.id, sensor=sensor, datetime=item.datetime, cloud_cover=float(item.properties.get("eo:cloud_cover", 0)),
+        id=item.id, sensor=sensor, datetime=item.datetime, cloud_cover=_cloud_cover(item),
         footprint=shape(item.geometry) if item.geometry else shapely.box(*item.bbox),
         bands=bands, mask=_plain_ref(item, mask_key) if mask_key else None,
         mask_kind=sensor.mask_asset if mask_key else None,
+        saturation=_plain_ref(item, sat_key) if sat_key else None,
         sun_zenith=sza, sun_azimuth=saa, view_zenith=vza, view_azimuth=vaa, angle_assets=angle_assets,
     )
 
@@ -227,7 +236,7 @@ def select_scenes(items: Sequence[pystac.Item], request_sensor: str, region: sha
             continue
         if not start <= item.datetime.date() <= end:
             continue
-        if float(item.properties.get("eo:cloud_cover", 0)) > max_cloud_cover:
+        if _cloud_cover(item) > max_cloud_cover:
             continue
         foot = shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
         if not foot.intersects(region):

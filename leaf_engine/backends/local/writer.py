@@ -22,7 +22,7 @@ from ... import __version__, composite, products
 INTERNAL_TILE = 512
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": str(INTERNAL_TILE), "BIGTIFF": "IF_SAFER",
                "OVERVIEWS": "AUTO"}
-_CATEGORICAL = ("QC", "Date", "Partition")
+_CATEGORICAL = products.ANCILLARY  # class and bit-field bands: no averaging in overviews
 
 
 @dataclass(frozen=True)
