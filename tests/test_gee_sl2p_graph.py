@@ -9,11 +9,14 @@ the way the local engine combines them. Estimates must agree to 1e-6, QC bytes a
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from leaf_engine import products, sensors
 from leaf_engine.backends.gee import session, sl2p_graph
+from leaf_engine.request import SHIPPED_NETWORKS_DIR
 from leaf_engine.sl2p import estimate, load_network_set
 from tests.support.ee_interpreter import Img, evaluate
 from tests.support.ee_standin import EEStandIn
@@ -170,3 +173,18 @@ def test_domain_codes_follow_the_shared_rule(ee_client) -> None:
     values = {b: rng.choice(np.concatenate([special, rng.uniform(-0.3, 1.1, 50)]), 500) for b in bands}
     got = evaluate(sl2p_graph.domain_code(ee.Image("leaf/x"), bands), {"leaf/x": Img.from_arrays(values)})
     np.testing.assert_array_equal(got.array("sum"), domain_codes(values, bands))
+
+
+def test_missing_uncertainty_networks_give_an_all_nodata_map(ee_client, tmp_path) -> None:
+    """As the local engine: a user's set without uncertainty networks still yields the map, all masked."""
+    raw = json.loads((SHIPPED_NETWORKS_DIR / "leaf_sl2p_s2_20m.json").read_text())
+    for v in raw["variables"].values():
+        v.pop("uncertainty", None)
+    path = tmp_path / "no_unc.json"
+    path.write_text(json.dumps(raw))
+    nets = load_network_set(path)
+    inputs = _inputs(nets, np.random.default_rng(7))
+    graph = sl2p_graph.estimates_image(ee_client.Image("leaf/inputs"), nets, ["LAI"], uncertainty=True)
+    got = evaluate(graph, {"leaf/inputs": Img.from_arrays(inputs)})
+    assert np.isfinite(got.array("LAI")).all()
+    assert np.isnan(got.array("LAIunc")).all()

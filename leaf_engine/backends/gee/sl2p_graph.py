@@ -109,10 +109,11 @@ def estimates_image(inputs: Any, nets: NetworkSet, variables: Sequence[str], *, 
         v = nets.variable(var)
         bands.append(_partitioned(x, v.estimate, index).rename(var))
         if uncertainty:
-            if v.uncertainty is None:
-                raise NetworkFileError(f"network set {nets.set_id} has no uncertainty networks for {var}; "
-                                       "run without uncertainty or use a set that has them")
-            bands.append(_partitioned(x, v.uncertainty, index).rename(f"{var}{products.UNCERTAINTY_SUFFIX}"))
+            name = f"{var}{products.UNCERTAINTY_SUFFIX}"
+            if v.uncertainty is None:  # as the local engine: the map is written, all nodata
+                bands.append(ee.Image.constant(0).updateMask(ee.Image.constant(0)).rename(name))
+            else:
+                bands.append(_partitioned(x, v.uncertainty, index).rename(name))
     bands.append(domain_flag(x, nets).rename(DOMAIN_FLAG))
     return ee.Image.cat(bands)
 

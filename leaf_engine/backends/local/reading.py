@@ -82,9 +82,17 @@ def read_warped(ref: AssetRef, gbox: GeoBox, *, categorical: bool = False) -> tu
 def _lut(ref: AssetRef, dtype: np.dtype, out_dtype: str) -> np.ndarray:
     """DN → value table for 8/16-bit rasters, computed in float64 then rounded once to ``out_dtype`` (so a DN of
     3000 ×1e-4 is exactly float32(0.3), as the input-domain test expects)."""
-    info = np.iinfo(dtype)
+    return _lut_for(ref.scale, ref.offset, np.dtype(dtype).str, out_dtype)
+
+
+@lru_cache(maxsize=64)
+def _lut_for(scale: float, offset: float, dtype: str, out_dtype: str) -> np.ndarray:
+    """Built once per scaling: every band of every scene and block shares it (read-only)."""
+    info = np.iinfo(np.dtype(dtype))
     dn = np.arange(info.min, info.max + 1, dtype=np.float64)
-    return (dn * ref.scale + ref.offset).astype(out_dtype)
+    table = (dn * scale + offset).astype(out_dtype)
+    table.flags.writeable = False
+    return table
 
 
 def read_scaled(ref: AssetRef, gbox: GeoBox, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
