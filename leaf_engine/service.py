@@ -21,6 +21,7 @@ import json
 import os
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,11 +231,15 @@ class RequestService:
         if record is None:
             logs.info("duplicate request: the run is already started; nothing to do", **ctx)
             return StartResult("duplicate", req.request_id, sink.uri(key))
-        skipped = self._complete_items(sink, req, plan) if req.rerun == "skip_existing" else []
-        self._write_collection(sink, req, record, skipped)
+        try:
+            skipped = self._complete_items(sink, req, plan) if req.rerun == "skip_existing" else []
+            self._write_collection(sink, req, record, skipped)
+        except TransientError:
+            self._release_claim(sink, key)  # so that the redelivery may start at once, not after the lease
+            raise
         todo = _without_items(plan, set(skipped))
         if not todo.files:
-            self._finish(sink, key, SUCCEEDED, skipped=skipped, tasks=[])
+            self._finish(sink, key, record["claim_token"], SUCCEEDED, skipped=skipped, tasks=[])
             logs.info("every item is already complete (rerun=skip_existing); nothing started", **ctx)
             return StartResult("nothing_to_do", req.request_id, sink.uri(key), [])
         try:
@@ -243,15 +248,15 @@ class RequestService:
             self._release_claim(sink, key)  # so that the redelivery may start at once
             raise
         except LeafError as e:
-            self._finish(sink, key, FAILED, errors=[str(e)], skipped=skipped)
+            self._finish(sink, key, record["claim_token"], FAILED, errors=[str(e)], skipped=skipped)
             logs.error(f"the backend refused the request: {e}", **ctx, state=FAILED)
             return StartResult("failed", req.request_id, sink.uri(key), problems=[{"error": str(e)}])
         except Exception as e:
-            self._finish(sink, key, FAILED, errors=[f"{type(e).__name__}: {e}"], skipped=skipped)
+            self._finish(sink, key, record["claim_token"], FAILED, errors=[f"{type(e).__name__}: {e}"], skipped=skipped)
             logs.error(f"starting the jobs failed: {type(e).__name__}: {e}", **ctx, state=FAILED,
                        stack_trace=traceback.format_exc())
             return StartResult("failed", req.request_id, sink.uri(key), problems=[{"error": str(e)}])
-        self._record_tasks(sink, key, tasks, skipped)
+        self._record_tasks(sink, key, record["claim_token"], tasks, skipped)
         logs.info(f"production started: {len(todo.files)} file(s), {len(skipped)} item(s) skipped", **ctx,
                   state=PROCESSING)
         return StartResult("started", req.request_id, sink.uri(key), tasks)
@@ -260,6 +265,8 @@ class RequestService:
                ) -> dict[str, Any] | None:
         """Create the run record, or take over a re-runnable, released or abandoned one. None = already started."""
         record = new_run_record(req, plan, self.config, message_id)
+        # Tells our own write from another handler's: a create whose response was lost, retried, reads back 412.
+        record["claim_token"] = uuid.uuid4().hex
         try:
             sink.write_json(key, record, if_generation_match=0)
             return record
@@ -269,6 +276,8 @@ class RequestService:
         def mutate(doc: dict | None) -> tuple[dict | None, dict | None]:
             if doc is None:
                 return record, record
+            if doc.get("claim_token") == record["claim_token"]:
+                return None, doc  # our own claim already landed
             state = doc.get("state")
             if state in (PROCESSING, SUCCEEDED):
                 return None, None
@@ -278,6 +287,7 @@ class RequestService:
                 raise InProgress(f"run {req.request_id} is being started by message {doc.get('claimed_by')}; "
                                  "redeliver later")
             fresh = new_run_record(req, plan, self.config, message_id, int(doc.get("attempt", 1)) + 1)
+            fresh["claim_token"] = record["claim_token"]
             fresh["history"] = [*doc.get("history", []), *fresh["history"]]
             return fresh, fresh
 
@@ -317,10 +327,12 @@ class RequestService:
 
         update_json(sink, key, mutate)
 
-    def _record_tasks(self, sink: Sink, key: str, tasks: Any, skipped: list[str]) -> None:
+    def _record_tasks(self, sink: Sink, key: str, token: str, tasks: Any, skipped: list[str]) -> None:
         def mutate(doc: dict | None) -> tuple[dict | None, None]:
             if doc is None:
                 raise LeafError(f"run record {key} disappeared while starting; re-send the request")
+            if doc.get("claim_token") != token:  # a later attempt took the run over: its record wins
+                return None, None
             doc = {**doc, "tasks": tasks, "skipped": skipped, "updated": now_iso()}
             if doc["state"] == CLAIMED:  # the catalogue may already have finished it (fast local backend)
                 doc["state"] = PROCESSING
@@ -329,8 +341,10 @@ class RequestService:
 
         update_json(sink, key, mutate)
 
-    def _finish(self, sink: Sink, key: str, state: str, **fields: Any) -> None:
+    def _finish(self, sink: Sink, key: str, token: str, state: str, **fields: Any) -> None:
         def mutate(doc: dict | None) -> tuple[dict | None, None]:
+            if doc is not None and doc.get("claim_token") != token:  # a later attempt took the run over
+                return None, None
             doc = {**(doc or {}), **fields, "state": state, "updated": now_iso()}
             doc["history"] = [*doc.get("history", []), {"state": state, "at": doc["updated"]}]
             return doc, None

@@ -253,3 +253,43 @@ def test_config_from_env() -> None:
         ServiceConfig.from_env({"LEAF_BACKEND": "spark"})
     with pytest.raises(LeafError, match="gs://"):
         ServiceConfig.from_env({"LEAF_ERRORS_URI": "/tmp/errors"})
+
+
+class LostCreateResponse(LocalSink):
+    """The first create-only write lands but its answer is lost: the client's retry then sees 412."""
+
+    lost = False
+
+    def write_json(self, key: str, data: dict, *, if_generation_match: int | None = None) -> int:
+        from leaf_engine.sinks import PreconditionFailed
+
+        generation = super().write_json(key, data, if_generation_match=if_generation_match)
+        if if_generation_match == 0 and not self.lost:
+            self.lost = True
+            raise PreconditionFailed(f"{key}: generation is {generation}, not 0")
+        return generation
+
+
+def test_a_lost_create_response_does_not_stall_the_run(tmp_path: Path) -> None:
+    backend = Backend()
+    sink = LostCreateResponse(tmp_path / BUCKET)
+    service = RequestService(ServiceConfig(backend="external", errors_uri="gs://leaf-errors/bad"),
+                             sink_for=lambda _bucket: sink, starter=backend)
+    assert service.handle(_msg(_raw())).status == "started"  # not InProgress until the lease runs out
+    assert len(backend.starts) == 1
+    assert service.handle(_msg(_raw(), "m2")).status == "duplicate"
+    assert len(backend.starts) == 1
+
+
+def test_a_transient_failure_after_the_claim_releases_it(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, backend, _buckets = env
+
+    def flaky(*_args: Any) -> None:
+        raise TransientError("GCS 503")
+
+    monkeypatch.setattr(service, "_write_collection", flaky)
+    with pytest.raises(TransientError):
+        service.handle(_msg(_raw()))
+    monkeypatch.undo()
+    assert service.handle(_msg(_raw())).status == "started"  # the redelivery starts at once
+    assert len(backend.starts) == 1
