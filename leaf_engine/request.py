@@ -116,9 +116,7 @@ class ProductionRequest(BaseModel):
 
     def network_set(self, sensor_id: str) -> str:
         """Network set (id or path) for one member sensor."""
-        if self.networks:
-            return self.networks
-        return sensors.SENSORS[sensor_id].networks[self.algorithm]
+        return network_set_for(sensor_id, self.algorithm, self.networks)
 
     def jobs(self) -> list[Job]:
         return self._jobs
@@ -180,6 +178,10 @@ class Job:
     def geobox(self) -> GeoBox:
         return self.region.geobox(self.resolution, self.crs)
 
+    def network_set(self, sensor_id: str) -> str:
+        """Network set (id or path) for one member sensor."""
+        return network_set_for(sensor_id, self.algorithm, self.networks)
+
     def output_names(self) -> list[naming.OutputName]:
         return [
             naming.OutputName(self.out_folder, self.region.name, self.year, self.period, p, self.resolution)
@@ -198,6 +200,11 @@ class Job:
             "resolution": self.resolution,
             "crs": self.crs,
         }
+
+
+def network_set_for(sensor_id: str, algorithm: str, networks: str | None) -> str:
+    """The request's own network file when it names one, else the shipped set of the sensor and algorithm."""
+    return networks or sensors.SENSORS[sensor_id].networks[algorithm]
 
 
 def month_window(year: int, month: int) -> tuple[date, date]:

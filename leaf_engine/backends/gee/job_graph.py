@@ -20,8 +20,7 @@ def region_geometry(job: Any) -> Any:
 
 def network_sets(job: Any) -> dict[int, NetworkSet]:
     """Network set per member sensor code (the request's own file when it names one)."""
-    return {s.qc_code: load_network_set(job.networks or s.networks[job.algorithm])
-            for s in sensors.members(job.sensor)}
+    return {s.qc_code: load_network_set(job.network_set(s.id)) for s in sensors.members(job.sensor)}
 
 
 def job_image(job: Any) -> Any:
