@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,17 +22,21 @@ class Problem:
         return f"{self.key}: {self.value!r} — {self.rule}"
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "value": _jsonable(self.value), "rule": self.rule}
+        return {"key": self.key, "value": jsonable(self.value), "rule": self.rule}
 
 
-def _jsonable(value: object) -> object:
+def jsonable(value: object, fallback: Callable[[object], object] = repr) -> object:
+    """``value`` as JSON data: containers recursively, objects by their ``to_dict()``, anything else by
+    ``fallback``."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v, fallback) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+        return {str(k): jsonable(v, fallback) for k, v in value.items()}
+    if callable(getattr(value, "to_dict", None)):
+        return jsonable(value.to_dict(), fallback)  # type: ignore[attr-defined]
+    return fallback(value)
 
 
 class RequestError(LeafError):

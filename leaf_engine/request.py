@@ -537,20 +537,18 @@ class _Validator:
             self.v["uncertainty"] = value
 
     def _check_scenes(self, value: Any) -> None:
-        if value is _MISSING or value is None:
-            return
-        if not isinstance(value, str) or not value:
-            self.bad("scenes", value, "must be a path or URL of a STAC ItemCollection or catalog")
-        else:
-            self.v["scenes"] = value
+        self._check_location("scenes", value, "a STAC ItemCollection or catalog")
 
     def _check_landcover(self, value: Any) -> None:
+        self._check_location("landcover", value, "a NALCMS land-cover raster (classes 1-19)")
+
+    def _check_location(self, key: str, value: Any, what: str) -> None:
         if value is _MISSING or value is None:
             return
         if not isinstance(value, str) or not value:
-            self.bad("landcover", value, "must be a path or URL of a NALCMS land-cover raster (classes 1-19)")
+            self.bad(key, value, f"must be a path or URL of {what}")
         else:
-            self.v["landcover"] = value
+            self.v[key] = value
 
     def _check_rerun(self, value: Any) -> None:
         if value is _MISSING or value is None:

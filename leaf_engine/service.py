@@ -33,7 +33,7 @@ from .catalogue.records import COMPLETE, PENDING, SKIPPED, CatalogueResult, Obje
 from .catalogue.runs import CLAIMED, FAILED, INVALID, PROCESSING, RERUNNABLE, SUCCEEDED
 from .catalogue.stac import collection_id, new_collection, now_iso
 from .catalogue.tile_ready import Publisher
-from .errors import LeafError, Problem, RequestError, TransientError
+from .errors import LeafError, Problem, RequestError, TransientError, jsonable
 from .naming import collection_key, error_record_key, item_key, run_record_key
 from .plan import Plan, make_plan
 from .request import ProductionRequest, parse_request
@@ -243,7 +243,7 @@ class RequestService:
             logs.info("every item is already complete (rerun=skip_existing); nothing started", **ctx)
             return StartResult("nothing_to_do", req.request_id, sink.uri(key), [])
         try:
-            tasks = _jsonable(self.starter(req, todo, sink))
+            tasks = jsonable(self.starter(req, todo, sink), _task_ref)
         except TransientError:
             self._release_claim(sink, key)  # so that the redelivery may start at once
             raise
@@ -295,9 +295,7 @@ class RequestService:
 
     def _complete_items(self, sink: Sink, req: ProductionRequest, plan: Plan) -> list[str]:
         """Items whose every object already exists (rerun=skip_existing does not produce them again)."""
-        present: set[str] = set()
-        for prefix in sorted({f.name.key().rsplit("/", 1)[0] + "/" for f in plan.files}):
-            present.update(sink.list(prefix))
+        present = present_objects(sink, plan.expected_objects())
         by_item: dict[str, list[str]] = {}
         for f in plan.files:
             by_item.setdefault(f.name.item_id, []).extend(s.key() for s in f.shards)
@@ -359,15 +357,16 @@ def _without_items(plan: Plan, skipped: set[str]) -> Plan:
                 [f for f in plan.files if f.name.item_id not in skipped])
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if callable(getattr(value, "to_dict", None)):
-        return _jsonable(value.to_dict())
+def present_objects(sink: Sink, keys: list[str]) -> set[str]:
+    """Which of ``keys`` exist, with one listing per folder instead of one request per object."""
+    present: set[str] = set()
+    for prefix in sorted({k.rsplit("/", 1)[0] + "/" for k in keys}):
+        present.update(sink.list(prefix))
+    return present & set(keys)
+
+
+def _task_ref(value: Any) -> Any:
+    """A backend's task handle as JSON: its id or name when it has one."""
     for attr in ("id", "task_id", "name"):
         if isinstance(getattr(value, attr, None), str):
             return getattr(value, attr)
@@ -456,9 +455,7 @@ def run_status(sink: Sink, request_id: str, out_folder: str = "") -> dict[str, A
                 "error_record": sink.uri(error_record_key(out_folder, request_id))}
     record = got[0]
     expected = list(record.get("expected_objects", []))
-    present: set[str] = set()
-    for prefix in sorted({k.rsplit("/", 1)[0] + "/" for k in expected}):
-        present.update(sink.list(prefix))
+    present = present_objects(sink, expected)
     coll = sink.read_json(collection_key(out_folder, request_id))
     items = (coll[0].get("leaf:items", {}) if coll else {}) or {k: PENDING for k in record.get("items", {})}
     problems: dict[str, Any] = {}
