@@ -10,4 +10,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+src"
 
-__all__ = ["__version__"]
+
+
+def open_outputs(path, products=None, **kwargs):  # type: ignore[no-untyped-def]
+    """LEAF outputs as an xarray Dataset in physical units (see :func:`leaf_engine.outputs.open_outputs`)."""
+    from .outputs import open_outputs as _open
+
+    return _open(path, products, **kwargs)
+
+
+__all__ = ["__version__", "open_outputs"]

@@ -31,7 +31,7 @@ from .catalogue import expectations_dict, update_json
 from .catalogue.expectations import ExpectedItem
 from .catalogue.records import COMPLETE, PENDING, SKIPPED, CatalogueResult, ObjectEvent, catalogue_object
 from .catalogue.runs import CLAIMED, FAILED, INVALID, PROCESSING, RERUNNABLE, SUCCEEDED
-from .catalogue.stac import collection_id, new_collection, now_iso
+from .catalogue.stac import collection_id, ensure_root_catalog, new_collection, now_iso
 from .catalogue.tile_ready import Publisher
 from .errors import LeafError, Problem, RequestError, TransientError, jsonable
 from .naming import collection_key, error_record_key, item_key, run_record_key
@@ -306,7 +306,8 @@ class RequestService:
         items = {k: ExpectedItem.from_dict(v) for k, v in record["items"].items()}
 
         def mutate(doc: dict | None) -> tuple[dict | None, None]:
-            coll = doc or new_collection(req.request_id, items, f"LEAF products of request {req.request_id}")
+            coll = doc or new_collection(req.request_id, items, f"LEAF products of request {req.request_id}",
+                                         run=record, sink=sink)
             statuses = coll.setdefault("leaf:items", {})
             for item_id in items:
                 if item_id in skipped:
@@ -316,6 +317,7 @@ class RequestService:
             return coll, None
 
         update_json(sink, collection_key(req.out_folder, req.request_id), mutate)
+        ensure_root_catalog(sink, req.out_folder, req.request_id)
 
     def _release_claim(self, sink: Sink, key: str) -> None:
         def mutate(doc: dict | None) -> tuple[dict | None, None]:
@@ -409,13 +411,16 @@ def decode_pubsub_data(data: Any) -> bytes:
 # ----------------------------------------------------------------------------------------------- local path
 
 
-def catalogue_local_run(req: ProductionRequest, sink: Sink, *, publisher: Publisher | None = None
-                        ) -> list[CatalogueResult]:
-    """Manifests for a run the local backend has just written: run record, items and collection.
+def catalogue_local_run(req: ProductionRequest, sink: Sink, *, publisher: Publisher | None = None,
+                        derived_from: dict[str, list[str]] | None = None) -> list[CatalogueResult]:
+    """Manifests for a run the local backend has just written: run record, items, collection, root catalog.
 
     Uses the same catalogue code as the cloud: every expected object that exists is catalogued as if its
-    finalize event had arrived.
+    finalize event had arrived. Then each item gains its quicklooks (as overview/thumbnail assets) and
+    ``derived_from`` links to ``derived_from[item_id]`` (the input scenes' STAC items).
     """
+    from .catalogue.stac import add_local_extras
+
     plan = make_plan(req)
     config = ServiceConfig(backend="local")
     key = run_record_key(req.out_folder, req.request_id)
@@ -424,7 +429,8 @@ def catalogue_local_run(req: ProductionRequest, sink: Sink, *, publisher: Publis
     sink.write_json(key, record)
     sink.write_json(collection_key(req.out_folder, req.request_id), new_collection(
         req.request_id, {k: ExpectedItem.from_dict(v) for k, v in record["items"].items()},
-        f"LEAF products of request {req.request_id}"))
+        f"LEAF products of request {req.request_id}", run=record, sink=sink))
+    ensure_root_catalog(sink, req.out_folder, req.request_id)
     results = []
     for obj in plan.expected_objects():
         stat = sink.stat(obj)
@@ -432,6 +438,7 @@ def catalogue_local_run(req: ProductionRequest, sink: Sink, *, publisher: Publis
             continue
         results.append(catalogue_object(sink, ObjectEvent(obj, f"local:{obj}:{stat[1]}", size=stat[0],
                                                           md5_hash=stat[1]), publisher=publisher))
+    add_local_extras(sink, record, derived_from or {})
     return results
 
 

@@ -22,7 +22,16 @@ from .check import check_object
 from .concurrency import update_json
 from .expectations import ExpectedItem, ExpectedObject
 from .runs import CLAIMED, PROCESSING, SUCCEEDED, run_for_object, set_state
-from .stac import new_collection, new_item, now_iso, product_asset, shard_entry
+from .stac import (
+    href,
+    item_grid_fields,
+    item_links,
+    new_collection,
+    new_item,
+    now_iso,
+    product_asset,
+    shard_entry,
+)
 
 COMPLETE, PARTIAL, SKIPPED, PENDING = "complete", "partial", "skipped", "pending"
 
@@ -81,16 +90,15 @@ class _ItemUpdate:
     """The mutation of one item for one event (a class so the retry loop can re-run it on a fresh read)."""
 
     def __init__(self, run: dict[str, Any], exp_item: ExpectedItem, exp_obj: ExpectedObject, entry: dict[str, Any],
-                 event: ObjectEvent, item_href: str, collection_href: str, can_publish: bool,
+                 event: ObjectEvent, links: list[dict[str, str]], can_publish: bool,
                  clock: Callable[[], float]):
         self.run, self.exp_item, self.exp_obj, self.entry = run, exp_item, exp_obj, entry
-        self.event, self.item_href, self.collection_href = event, item_href, collection_href
+        self.event, self.links = event, links
         self.can_publish, self.clock = can_publish, clock
 
     def _fresh(self) -> dict[str, Any]:
-        item = new_item(self.exp_item, self.run["request_id"], self.run["collection_id"])
-        item["links"] = [{"rel": "collection", "href": self.collection_href, "type": "application/json"},
-                         {"rel": "self", "href": self.item_href, "type": "application/geo+json"}]
+        item = new_item(self.exp_item, self.run["request_id"], self.run["collection_id"], self.run)
+        item["links"] = [*self.links, *item["links"]]
         return item
 
     def __call__(self, doc: dict | None) -> tuple[dict | None, tuple[str, bool, bool]]:
@@ -126,6 +134,7 @@ class _ItemUpdate:
         shards.append(self.entry)
         whole = self._whole_file_grid()
         item["assets"][product] = product_asset(product, shards, self.exp_obj, *whole)
+        item["properties"].update(item_grid_fields(item))
         problems = item["properties"]["leaf:problems"]
         problems.pop(key, None)
         if "leaf:check" in self.entry:
@@ -161,7 +170,7 @@ def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, status: st
     def mutate(doc: dict | None) -> tuple[dict | None, bool]:
         coll = copy.deepcopy(doc) if doc is not None else new_collection(
             run["request_id"], {k: ExpectedItem.from_dict(v) for k, v in run["items"].items()},
-            f"LEAF products of request {run['request_id']}")
+            f"LEAF products of request {run['request_id']}", run=run, sink=sink)
         statuses = coll.setdefault("leaf:items", {})
         # Events arrive in any order: a late event of a partial item must not undo "complete".
         new_status = statuses.get(item_id) if status == PARTIAL and statuses.get(item_id) in (COMPLETE, SKIPPED) \
@@ -198,11 +207,12 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
     if size is None:
         stat = sink.stat(event.key)
         size, md5 = (stat if stat else (None, None))
-    entry = shard_entry(sink.uri(event.key), exp_obj, size, md5, event.generation, check.to_dict())
     ikey = item_key(run["out_folder"], exp_item.region, exp_item.year, exp_item.period)
+    ckey = collection_key(run["out_folder"], run["request_id"])
+    entry = shard_entry(href(sink, event.key, ikey), exp_obj, size, md5, event.generation, check.to_dict())
     item_href = sink.uri(ikey)
-    update = _ItemUpdate(run, exp_item, exp_obj, entry, event, item_href,
-                         sink.uri(collection_key(run["out_folder"], run["request_id"])), publisher is not None, clock)
+    update = _ItemUpdate(run, exp_item, exp_obj, entry, event, item_links(sink, ikey, run["out_folder"],
+                         run["request_id"]), publisher is not None, clock)
     status, complete, claimed = update_json(sink, ikey, update)
     if check.errors:
         logs.error("output file failed its check: " + "; ".join(check.errors), **ctx)
@@ -219,11 +229,11 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
         published = True
         logs.info("tile ready published", message_id=message_id, **ctx)
     if complete:
-        all_done = _update_collection(sink, run, exp_item.item_id, COMPLETE, item_href)
+        all_done = _update_collection(sink, run, exp_item.item_id, COMPLETE, href(sink, ikey, ckey))
         if all_done and set_state(sink, run["out_folder"], run["request_id"], SUCCEEDED,
                                        only_from=(CLAIMED, PROCESSING)):
             logs.info("run succeeded: every item is complete", **{**ctx, "state": SUCCEEDED})
     else:
-        _update_collection(sink, run, exp_item.item_id, PARTIAL, item_href)
+        _update_collection(sink, run, exp_item.item_id, PARTIAL, href(sink, ikey, ckey))
     logs.info("object catalogued", **ctx)
     return CatalogueResult("recorded", event.key, run["request_id"], exp_item.item_id, complete, published)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,10 +42,13 @@ def _print_local_result(result: Any, out_dir: Path) -> None:
                   markup=False, highlight=False)
     if cogs:
         example = root / cogs[0]
+        bindir = Path(sys.executable).parent  # works from a fresh shell: .venv/bin is not on PATH
         console.print("look at them:\n"
-                      f"  rio info {example}            # grid, nodata, tags (scale factor, QC bits, ...)\n"
-                      f"  open the .png quicklooks next to each .tif (legend in physical units)\n"
-                      f"  or drag the .tif files into QGIS (value = DN × scale_factor; 255 = no data)",
+                      f"  {bindir / 'rio'} info --tags {example}   # grid, nodata, tags (scale factor, QC bits)\n"
+                      f"  {bindir / 'python'} -c \"import leaf_engine; print(leaf_engine.open_outputs('{root}'))\"\n"
+                      "  open the .png quicklooks next to each .tif (fixed colour scales, legend in physical units)\n"
+                      "  or drag the .tif files into QGIS: each has a .qml style beside it (value = DN × "
+                      "scale_factor; 255 = no data)",
                       markup=False, highlight=False)
 
 
@@ -68,6 +72,9 @@ def produce(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
     manifest: Annotated[bool, typer.Option(
         "--manifest/--no-manifest", help="Also write the run record and STAC items/collection (local).")] = True,
+    quicklooks: Annotated[bool | None, typer.Option(
+        "--quicklooks/--no-quicklooks", help="Write a quicklook PNG per product file (local; default: yes, or "
+        "the LEAF_QUICKLOOKS environment variable, 0 or 1).")] = None,
 ) -> None:
     """Produce the request's maps: on this machine from STAC scenes, or as Earth Engine exports."""
     req = read_request(request)
@@ -85,23 +92,29 @@ def produce(
         return
     from ..backends.local import produce as run_local
 
+    source = scenes or resolve_path(req.scenes, request)
     result = run_local(
-        req, out_dir=out, scenes=scenes or resolve_path(req.scenes, request), dask_address=dask,
+        req, out_dir=out, scenes=source, dask_address=dask,
         progress=not no_progress, landcover=landcover or resolve_path(req.landcover, request), block_size=block,
-        workers=workers)
+        workers=workers, quicklooks=quicklooks)
     _print_local_result(result, out)
     if manifest:
-        _write_manifests(req, out)
+        from ..outputs import derived_from
+
+        _write_manifests(req, out, derived_from(result.jobs, source))
 
 
-def _write_manifests(req: ProductionRequest, out: Path) -> None:
+def _write_manifests(req: ProductionRequest, out: Path, scenes: dict[str, list[str]] | None = None) -> None:
     """Run record, STAC items and collection for the local outputs: the same catalogue code as the cloud path."""
     from ..naming import collection_key
     from ..service import catalogue_local_run
     from ..sinks import open_sink
 
     sink = open_sink(req, out)
-    results = catalogue_local_run(req, sink)
+    from ..catalogue.stac import catalog_key
+
+    results = catalogue_local_run(req, sink, derived_from=scenes)
     complete = len({r.item_id for r in results if r.complete})
-    console.print(f"STAC manifest: {sink.uri(collection_key(req.out_folder, req.request_id))} "
-                  f"({complete} complete item(s))", markup=False, highlight=False)
+    console.print(f"STAC catalogue: {sink.local_path(catalog_key(req.out_folder))} (collection "  # type: ignore[attr-defined]
+                  f"{sink.local_path(collection_key(req.out_folder, req.request_id))}, "  # type: ignore[attr-defined]
+                  f"{complete} complete item(s))", markup=False, highlight=False)

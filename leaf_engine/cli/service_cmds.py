@@ -50,15 +50,17 @@ def _read_bytes(path: Path) -> bytes:
 @app.command()
 def status(
     request_id: Annotated[str, typer.Argument(help="The run's request id (printed by publish / validate).")],
-    bucket: Annotated[str, typer.Option("--bucket", help="The request's GCS_bucket.")],
+    bucket: Annotated[str | None, typer.Option("--bucket", help="The request's GCS_bucket.")] = None,
     folder: Annotated[str, typer.Option("--folder", help="The request's out_folder.")] = "",
+    out: Annotated[Path | None, typer.Option("--out", help="A local output folder (leaf produce --out) "
+                                             "instead of a bucket.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full status as JSON.")] = False,
 ) -> None:
     """Show a run: state, expected vs present objects, complete items, problems and errors."""
+    from ..outputs import status_sink
     from ..service import run_status
-    from ..sinks import GcsSink
 
-    report = run_status(GcsSink(bucket), request_id, folder)
+    report = run_status(status_sink(bucket, out), request_id, folder)
     if as_json:
         print(json.dumps(report, indent=2))
         return

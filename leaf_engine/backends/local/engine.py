@@ -22,9 +22,9 @@ from ...sensors import members
 from ...sl2p import load_network_set
 from .executors import BlockExecutor, make_executor
 from .pipeline import JobSpec, process_block
-from .quicklook import write_quicklook
+from .quicklook import quicklooks_enabled, write_quicklook
 from .scenes import AssetRef, Scene, discover
-from .writer import JobTags, OutputSet
+from .writer import JobTags, OutputSet, qml_style
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...request import Job, ProductionRequest
@@ -51,6 +51,7 @@ class JobSummary:
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     skipped: bool = False
+    quicklook_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -112,13 +113,42 @@ def _progress(enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ...cli._app import console_err
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console_err, transient=False) as bar:
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console_err, transient=False) as bar:
         yield bar
+
+
+class _Bars:
+    """One overall bar (blocks of every job, with ETA) plus a bar for the job running now (removed when done)."""
+
+    def __init__(self, bar: Any, total_blocks: int, jobs: int):
+        self.bar = bar
+        self.overall = bar.add_task(f"all {jobs} job(s), blocks", total=total_blocks)
+        self.current: Any = None
+
+    def add_task(self, description: str, total: int) -> Any:
+        if self.current is not None:
+            self.bar.remove_task(self.current)
+        self.current = self.bar.add_task(description, total=total)
+        return self.current
+
+    def advance(self, task: Any) -> None:
+        self.bar.advance(task)
+        self.bar.advance(self.overall)
+
+    def skip(self, blocks: int) -> None:
+        self.bar.advance(self.overall, blocks)
 
 
 def _all_exist(sink: Sink, job: Job) -> bool:
@@ -153,29 +183,37 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     except BaseException:
         outputs.abort()
         raise
+    ql_seconds = 0.0
     for product_name, path in outputs.finish().items():
         name = names[product_name]
         sink.put_file(name.key(), path)
         summary.files.append(name.key())
+        style = name.key().removesuffix(".tif") + ".qml"  # QGIS applies a .qml of the same name on opening
+        sink.put_bytes(style, qml_style(product_name, job.start, job.end), "text/xml")
+        summary.files.append(style)
         if quicklooks:
+            tq = time.perf_counter()
             png = write_quicklook(path, product_name, path.with_suffix(".png"),
-                                  f"{name.stem} — {req.sensor} {req.algorithm}")
+                                  f"{name.stem} — {req.sensor} {req.algorithm}", year=job.year)
             sink.put_file(name.quicklook_key(), png)
             summary.files.append(name.quicklook_key())
+            ql_seconds += time.perf_counter() - tq
         path.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - t0
+    summary.quicklook_seconds = ql_seconds
     return summary
 
 
 def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink | None = None,
             scenes: str | None = None, dask_address: str | None = None, progress: bool = True,
             landcover: str | None = None, block_size: int = DEFAULT_BLOCK, workers: int = 2,
-            quicklooks: bool = True) -> ProduceResult:
+            quicklooks: bool | None = None) -> ProduceResult:
     """Run every job of ``req`` locally and write its outputs (COGs + quicklooks) into the sink.
 
     ``scenes`` overrides the request's ``scenes`` (a STAC ItemCollection/catalog path or URL). The sink is the
     request's (``open_sink(req, out_dir)``) unless given. Blocks run on ``workers`` threads, or on the Dask
     cluster at ``dask_address``. Jobs whose outputs all exist are skipped when ``rerun`` is ``skip_existing``.
+    ``quicklooks`` None: the ``LEAF_QUICKLOOKS`` environment variable (default on).
     """
     from ...sinks import open_sink
 
@@ -185,18 +223,24 @@ def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink |
         raise ProduceError("the local backend reads scenes from a STAC catalogue: add \"scenes\": \"PATH\" to the "
                            "request or pass --scenes PATH")
     sink = sink or open_sink(req, out_dir)
+    quicklooks = quicklooks_enabled(quicklooks)
     result = ProduceResult(req.request_id, [], [])
     executor = make_executor(dask_address, workers)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), _progress(progress) as bar, \
                 tempfile.TemporaryDirectory(prefix="leaf-produce-") as tmp:
-            for job in req.jobs():
+            jobs = req.jobs()
+            bars = _Bars(bar, sum(len(blocks(j.geobox(), block_size)) for j in jobs), len(jobs)) \
+                if bar is not None else None
+            for job in jobs:
                 if req.rerun == "skip_existing" and _all_exist(sink, job):
                     gb = job.geobox()
                     result.jobs.append(JobSummary(job.job_id, [], gb.width, gb.height, skipped=True))
+                    if bars is not None:
+                        bars.skip(len(blocks(gb, block_size)))
                     continue
                 summary = run_job(req, job, sink, executor, source, landcover=landcover, block_size=block_size,
-                                  bar=bar, quicklooks=quicklooks, tmp=Path(tmp))
+                                  bar=bars, quicklooks=quicklooks, tmp=Path(tmp))
                 result.jobs.append(summary)
                 result.files.extend(summary.files)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,63 @@ class OutputSet:
     def abort(self) -> None:
         for w in self.writers.values():
             w.close()
+
+
+# ------------------------------------------------------------------------------------------ QGIS styles
+
+
+def qml_style(product_name: str, start: date | None = None, end: date | None = None) -> bytes:
+    """A QGIS layer style (``.qml``) for a product file: its fixed colour scale from ``leaf_engine.styles``,
+    mapped onto the file's DN with labels in physical units (dates for Date, classes for QC). Saved beside the
+    ``.tif`` with the same name, QGIS applies it when the file is opened; no data stays transparent."""
+    import xml.etree.ElementTree as ET
+
+    from ... import styles
+    from ...sensors import SENSORS
+
+    p = products.product(product_name)
+    root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
+    pipe = ET.SubElement(root, "pipe")
+    if product_name in ("QC", "Partition"):
+        renderer = ET.SubElement(pipe, "rasterrenderer", {"type": "paletted", "band": "1", "opacity": "1",
+                                                          "alphaBand": "-1", "nodataColor": ""})
+        palette = ET.SubElement(renderer, "colorPalette")
+        if product_name == "QC":
+            for s in SENSORS.values():
+                for flags in range(8):
+                    dn = np.array([flags | s.qc_value], np.uint8)
+                    name, colour = styles.QC_CLASSES[int(styles.qc_class(dn)[0])]
+                    ET.SubElement(palette, "paletteEntry", {"value": str(int(dn[0])), "color": colour,
+                                                            "alpha": "255",
+                                                            "label": f"{s.id.removesuffix('_SR')}: {name}"})
+        else:
+            table = styles.lut(styles.PARTITION_CMAP, 20)
+            for v in range(1, 20):
+                ET.SubElement(palette, "paletteEntry", {"value": str(v), "color": styles.hex_colour(table[v]),
+                                                        "alpha": "255", "label": f"NALCMS class {v}"})
+    else:
+        if product_name == "Date":
+            if start is None or end is None:
+                raise ValueError("the Date style needs the window (start, end)")
+            lo, hi = float(start.timetuple().tm_yday), float(start.timetuple().tm_yday + (end - start).days)
+            table = styles.lut(styles.DATE_CMAP, 9)
+            stops = [(lo + (hi - lo) * k / 8, (start + timedelta(days=round((end - start).days * k / 8))).isoformat())
+                     for k in range(9)]
+        else:
+            sc = styles.scale(product_name)
+            table = styles.lut(sc.cmap, 9)
+            lo, hi = sc.vmin * p.scale, sc.vmax * p.scale
+            stops = [(lo + (hi - lo) * k / 8, f"{sc.vmin + (sc.vmax - sc.vmin) * k / 8:g} {p.units}")
+                     for k in range(9)]
+        renderer = ET.SubElement(pipe, "rasterrenderer", {
+            "type": "singlebandpseudocolor", "band": "1", "opacity": "1", "alphaBand": "-1", "nodataColor": "",
+            "classificationMin": f"{lo:g}", "classificationMax": f"{hi:g}"})
+        shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader", {
+            "colorRampType": "INTERPOLATED", "classificationMode": "1", "clip": "0",
+            "minimumValue": f"{lo:g}", "maximumValue": f"{hi:g}"})
+        for (value, label), colour in zip(stops, table, strict=True):
+            ET.SubElement(shader, "item", {"value": f"{value:g}", "label": label, "alpha": "255",
+                                           "color": styles.hex_colour(colour)})
+    ET.SubElement(pipe, "brightnesscontrast", {"brightness": "0", "contrast": "0", "gamma": "1"})
+    ET.indent(root)
+    return b"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="utf-8")
