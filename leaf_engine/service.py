@@ -454,12 +454,15 @@ def run_status(sink: Sink, request_id: str, out_folder: str = "") -> dict[str, A
     """
     got = sink.read_json(run_record_key(out_folder, request_id))
     if got is None:
-        err = sink.read_json(error_record_key(out_folder, request_id))
-        if err is None:
-            raise LeafError(f"no run record {sink.uri(run_record_key(out_folder, request_id))} and no error record; "
-                            "check the request id, --bucket and --folder (the request's out_folder)")
-        return {"request_id": request_id, "state": INVALID, "errors": err[0].get("problems", []),
-                "error_record": sink.uri(error_record_key(out_folder, request_id))}
+        from .outputs import error_records
+
+        errs = error_records(sink, out_folder, request_id)  # one per invalid message, newest first
+        if not errs:
+            raise LeafError(f"no run record {sink.uri(run_record_key(out_folder, request_id))} and no error record "
+                            f"under {sink.uri(error_record_key(out_folder, request_id)).removesuffix('.json')}*; "
+                            "check the request id, --bucket/--out and --folder (the request's out_folder)")
+        return {"request_id": request_id, "state": INVALID, "errors": errs[0][1].get("problems", []),
+                "error_record": sink.uri(errs[0][0]), "error_records": [sink.uri(k) for k, _ in errs]}
     record = got[0]
     expected = list(record.get("expected_objects", []))
     present = present_objects(sink, expected)

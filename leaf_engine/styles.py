@@ -5,7 +5,7 @@ styles (``.qml``) written beside each product file, so the same colour means the
 |--------------------|----------------|------------|------------------------------------------------------|
 | LAI                | 0 – 8 m²/m²    | YlGn       | crops and forests peak at 4–7; > 8 shows as 8       |
 | fCOVER, fAPAR      | 0 – 1          | YlGn       | fractions over their whole range                     |
-| Albedo             | 0 – 0.4        | cividis    | vegetated land is 0.1–0.25; snow (> 0.4) saturates   |
+| Albedo             | 0 – 0.3        | cividis    | vegetated land is 0.08–0.25; snow (> 0.3) saturates  |
 | LAIunc             | 0 – 2 m²/m²    | Purples    | uncertainty maps: darker = less certain              |
 | fCOVERunc, ...unc  | 0 – 0.2        | Purples    |                                                      |
 | Date               | window start – end | viridis | calendar dates of the chosen observation            |
@@ -19,6 +19,7 @@ quicklooks (so LAI 0, pale yellow, is not mistaken for a gap).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -36,7 +37,7 @@ SCALES: dict[str, Scale] = {
     "LAI": Scale(0.0, 8.0, "YlGn"),
     "fCOVER": Scale(0.0, 1.0, "YlGn"),
     "fAPAR": Scale(0.0, 1.0, "YlGn"),
-    "Albedo": Scale(0.0, 0.4, "cividis"),
+    "Albedo": Scale(0.0, 0.3, "cividis"),
     "LAIunc": Scale(0.0, 2.0, "Purples"),
     "fCOVERunc": Scale(0.0, 0.2, "Purples"),
     "fAPARunc": Scale(0.0, 0.2, "Purples"),
@@ -73,6 +74,7 @@ def qc_class(dn: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(dn) == products.product("QC").nodata, -1, cls).astype(np.int8)
 
 
+@lru_cache(maxsize=32)
 def lut(cmap: str, n: int = 256) -> np.ndarray:
     """``n`` RGB colours (uint8) of a matplotlib colour map (no figure: only the colour table)."""
     from matplotlib import colormaps

@@ -19,6 +19,13 @@ from ._app import app, console_err
 _COMMAND_MODULES = ("request_cmds", "sl2p_cmds", "produce_cmds", "gee_cmds", "service_cmds")
 
 
+CREDENTIALS_HINT = (
+    "To use Google Cloud: run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS to a "
+    "service-account key file) and GOOGLE_CLOUD_PROJECT.\nTo use the local emulators instead: start "
+    "`.venv/bin/python -m tests.support.emulators` and paste the `export` lines it prints "
+    "(PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT).")
+
+
 def _load_commands() -> None:
     for name in _COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}")
@@ -51,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything unplanned: one line, the traceback only on request
         if debug:
             traceback.print_exc()
+        elif type(e).__name__ == "DefaultCredentialsError":  # google.auth's, without importing it here
+            console_err.print(f"error: no Google Cloud credentials ({e}).\n" + CREDENTIALS_HINT,
+                              markup=False, highlight=False)
         else:
             console_err.print(
                 f"unexpected error: {type(e).__name__}: {e} (run again with --debug for the traceback)",

@@ -51,9 +51,16 @@ def tiles(
         bool, typer.Option("--json", help="Print JSON (name, EPSG:3979 bounds, lon/lat polygon).")
     ] = False,
     subtiles: Annotated[bool, typer.Option("--subtiles", help="Also list the _4ij and _9ij sub-tiles.")] = False,
+    geojson: Annotated[bool, typer.Option(
+        "--geojson", help="Print a GeoJSON FeatureCollection (lon/lat outlines) that QGIS opens as a layer.")] = False,
 ) -> None:
     """List the CCRS production tiles (EPSG:3979 bounds and lon/lat outline)."""
     all_tiles = grid.production_tiles(subtiles)
+    if geojson:
+        from ..outputs import tiles_geojson
+
+        print(json.dumps(tiles_geojson(all_tiles)))
+        return
     if as_json:
         _print_json([t.to_dict() for t in all_tiles])
         return

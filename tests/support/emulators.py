@@ -354,22 +354,50 @@ def service_stack(emu: Emulators, backend: str = "external", extra_env: dict[str
         yield ServiceStack(requests, ready, gcs, start_url, cat_url, {**emu.env, **env})
 
 
-def _serve_forever() -> None:
-    """``python -m tests.support.emulators [--backend external|gee|local]``: run the service locally.
+DEV_BUCKET = "leaf-dev"
 
-    Prints the environment and topics (JSON) for an outside driver, then serves until interrupted: publish
-    requests to the requests topic (e.g. ``leaf publish``), write outputs to fake-gcs, and pull tile-ready
-    messages from a subscription you create on the tile-ready topic.
+
+def _shell_exports(env: dict[str, str], requests_topic: str, tile_ready_topic: str) -> str:
+    import shlex
+
+    names = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
+    lines = [f"export {k}={shlex.quote(env[k])}" for k in names]
+    lines.append(f"export LEAF_REQUESTS_TOPIC={shlex.quote(requests_topic)}")
+    lines.append(f"export LEAF_TILE_READY_TOPIC={shlex.quote(tile_ready_topic)}")
+    return "\n".join(lines)
+
+
+def _serve_forever() -> None:
+    """``python -m tests.support.emulators [--backend external|gee|local] [--bucket B ...] [--json]``: run the
+    whole service on this machine (Pub/Sub emulator, fake-gcs-server, both functions over HTTP).
+
+    Needs what ``./scripts/test`` installs (requirements-dev.txt: fake-gcs-server) and, on the machine, gcloud with
+    its Pub/Sub emulator component and Java; ``./scripts/dev-stack`` installs the former and runs this.
+    Creates the bucket(s) (default ``leaf-dev``), prints shell ``export`` lines for ``leaf publish`` /
+    ``leaf status`` in another shell (or, with ``--json``, one JSON document for a driver), then serves until
+    interrupted (Ctrl-C or SIGTERM stops every process it started).
     """
     import argparse
     import json
 
     parser = argparse.ArgumentParser(prog="python -m tests.support.emulators")
-    parser.add_argument("--backend", default="external", choices=["external", "gee", "local"])
-    parser.add_argument("--bucket", action="append", default=[], help="bucket(s) to create in fake-gcs-server")
+    parser.add_argument("--backend", default="local", choices=["external", "gee", "local"],
+                        help="local (default): the functions run the embedded engine and write real COGs into "
+                             "fake-gcs; gee: exports go to the Earth Engine stand-in; external: nothing is "
+                             "produced, you upload the files")
+    parser.add_argument("--bucket", action="append", default=[],
+                        help=f"bucket(s) to create in fake-gcs-server (default: {DEV_BUCKET})")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of export lines")
     args = parser.parse_args()
-    with running_emulators() as emu:
-        for b in args.bucket:
+    buckets = args.bucket or [DEV_BUCKET]
+    try:
+        emulators = running_emulators()
+        emu = emulators.__enter__()
+    except EmulatorUnavailable as e:
+        print(f"cannot start the dev stack: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        for b in buckets:
             create_bucket(emu, b)
         extra: dict[str, str] = {}
         standin = None
@@ -380,10 +408,16 @@ def _serve_forever() -> None:
             extra["LEAF_EE_URL"] = standin.url
         try:
             with service_stack(emu, args.backend, extra) as stack:
-                print(json.dumps({"env": stack.env, "requests_topic": stack.requests_topic,
-                                  "tile_ready_topic": stack.tile_ready_topic,
-                                  "gcs_events_topic": stack.gcs_events_topic, "logs": str(emu.log_dir)},
-                                 indent=2), flush=True)
+                if args.json:
+                    print(json.dumps({"env": stack.env, "requests_topic": stack.requests_topic,
+                                      "tile_ready_topic": stack.tile_ready_topic, "buckets": buckets,
+                                      "gcs_events_topic": stack.gcs_events_topic, "logs": str(emu.log_dir)},
+                                     indent=2), flush=True)
+                else:
+                    print(f"# LEAF dev stack up (backend {args.backend}); bucket(s): {', '.join(buckets)}; "
+                          f"server logs in {emu.log_dir}\n# In another shell, from the repository root:\n"
+                          f"{_shell_exports(stack.env, stack.requests_topic, stack.tile_ready_topic)}\n"
+                          "# Ctrl-C here stops everything.", flush=True)
                 try:
                     while True:
                         time.sleep(3600)
@@ -392,6 +426,8 @@ def _serve_forever() -> None:
         finally:
             if standin is not None:
                 standin.stop()
+    finally:
+        emulators.__exit__(None, None, None)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -13,6 +13,7 @@ import os
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -143,43 +144,75 @@ def write_quicklook(cog: Path, product_name: str, png: Path, title: str, year: i
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([_PAD - 1, _TOP - 1, _PAD + w, _TOP + h], outline=_INK)
     note = "" if factor == 1 else f" (1:{factor} preview)"
-    draw.text((_PAD, 8), f"{title}{note}", fill=_INK, font=_font(14))
+    # Pillow's built-in font has Latin glyphs only.
+    draw.text((_PAD, 8), f"{title}{note}".replace("—", "-").replace("×", "x"), fill=_INK, font=_font(14))
     lx, ly = w + 2 * _PAD, _TOP
-    if classes is not None:
-        draw.text((lx, ly), f"{product_name}", fill=_INK, font=_font(13))
-        for i, (name, colour) in enumerate([*classes, ("no data", styles.NODATA_CHECKER[0])]):
-            yy = ly + 22 + i * 20
-            draw.rectangle([lx, yy, lx + 14, yy + 14], fill=colour, outline=_INK)
-            draw.text((lx + 20, yy), name, fill=_INK, font=_font(12))
-    elif ramp is not None and ramp[0] == "date":
-        _, start, end, table = ramp
-        draw.text((lx, ly), "Date of the observation", fill=_INK, font=_font(13))
-        span = (end - start).days
-        labels = [(k / 4, (start + timedelta(days=round(span * k / 4))).isoformat()) for k in range(5)]
-        _draw_ramp(draw, lx, ly + 24, 200, table, labels)
-    elif ramp is not None:
-        _, sc, table, units = ramp
-        draw.text((lx, ly), f"{product_name} ({units})", fill=_INK, font=_font(13))
-        labels = [(k / 4, f"{sc.vmin + (sc.vmax - sc.vmin) * k / 4:g}") for k in range(5)]
-        labels[-1] = (1.0, f"≥ {sc.vmax:g}")
-        _draw_ramp(draw, lx, ly + 24, 200, table, labels)
-    yy = ly + 24 + 210 if classes is None else ly + 22 + (len(classes) + 1) * 20 + 6
-    if classes is None:
-        draw.rectangle([lx, yy, lx + 14, yy + 14], fill=styles.NODATA_CHECKER[0], outline=_INK)
-        draw.text((lx + 20, yy), "no data", fill=_INK, font=_font(12))
-        yy += 22
+    key = (product_name, tuple(classes) if classes is not None else None,
+           (ramp[1], ramp[2]) if ramp is not None and ramp[0] == "date" else None)
+    panel, yy = _legend(key, classes, ramp)
+    canvas.paste(panel, (lx, ly))
+    yy += ly
     share = float(valid.mean()) if valid.size else 0.0
     draw.text((lx, yy), f"{share:.0%} of the map has data", fill=_INK, font=_font(11))
     _scale_bar_and_coords(draw, transform, crs, w, h, zoom)
-    canvas.save(png, optimize=False, compress_level=3)
+    # 256 colours are plenty for a colour ramp and a legend, and a paletted PNG encodes several times faster.
+    canvas.quantize(256, method=Image.Quantize.FASTOCTREE).save(png, optimize=False, compress_level=1)
     return png
 
 
-def _scale_bar_and_coords(draw: ImageDraw.ImageDraw, transform: rasterio.Affine, crs: object, w: int, h: int,
-                          zoom: int) -> None:
-    from pyproj import CRS, Transformer
+_LEGENDS: dict[tuple, tuple[Image.Image, int]] = {}
 
-    crs_obj = CRS.from_user_input(crs) if crs is not None else None
+
+def _legend(key: tuple, classes: list[tuple[str, tuple[int, int, int]]] | None, ramp: object
+            ) -> tuple[Image.Image, int]:
+    """The legend panel (drawn once per product and window, then reused: text rendering is the slow part)
+    and the height below which the per-map note goes."""
+    if key not in _LEGENDS:
+        product_name = key[0]
+        panel = Image.new("RGB", (_PANEL_W, 300), _WHITE)
+        draw = ImageDraw.Draw(panel)
+        lx, ly = 0, 0
+        if classes is not None:
+            draw.text((lx, ly), f"{product_name}", fill=_INK, font=_font(13))
+            for i, (name, colour) in enumerate(classes):
+                yy = ly + 22 + i * 20
+                draw.rectangle([lx, yy, lx + 14, yy + 14], fill=colour, outline=_INK)
+                draw.text((lx + 20, yy), name, fill=_INK, font=_font(12))
+            _nodata_swatch(draw, lx, ly + 22 + len(classes) * 20)
+        elif ramp is not None and ramp[0] == "date":
+            _, start, end, table = ramp
+            draw.text((lx, ly), "Date of the observation", fill=_INK, font=_font(13))
+            span = (end - start).days
+            labels = [(k / 4, (start + timedelta(days=round(span * k / 4))).isoformat()) for k in range(5)]
+            _draw_ramp(draw, lx, ly + 24, 200, table, labels)
+        elif ramp is not None:
+            _, sc, table, units = ramp
+            draw.text((lx, ly), f"{product_name} ({units})", fill=_INK, font=_font(13))
+            labels = [(k / 4, f"{sc.vmin + (sc.vmax - sc.vmin) * k / 4:g}") for k in range(5)]
+            labels[-1] = (1.0, f"{sc.vmax:g} and above")
+            _draw_ramp(draw, lx, ly + 24, 200, table, labels)
+        yy = ly + 24 + 210 if classes is None else ly + 22 + (len(classes) + 1) * 20 + 6
+        if classes is None:
+            _nodata_swatch(draw, lx, yy)
+            yy += 22
+        _LEGENDS[key] = (panel, yy)
+    return _LEGENDS[key]
+
+
+def _nodata_swatch(draw: ImageDraw.ImageDraw, x: int, y: int) -> None:
+    """The legend entry of no data: a piece of the map's checkerboard."""
+    for i in range(2):
+        for j in range(2):
+            draw.rectangle([x + 7 * j, y + 7 * i, x + 7 * j + 7, y + 7 * i + 7],
+                           fill=styles.NODATA_CHECKER[(i + j) % 2])
+    draw.rectangle([x, y, x + 14, y + 14], outline=_INK)
+    draw.text((x + 20, y), "no data", fill=_INK, font=_font(12))
+
+
+def _scale_bar_and_coords(draw: ImageDraw.ImageDraw, transform: rasterio.Affine, crs: Any, w: int, h: int,
+                          zoom: int) -> None:
+
+    crs_obj: Any = _crs(crs.to_wkt()) if crs is not None else None
     y0 = _TOP + h + 8
     if crs_obj is not None and crs_obj.is_projected:
         unit = crs_obj.axis_info[0].unit_name if crs_obj.axis_info else "metre"
@@ -187,16 +220,31 @@ def _scale_bar_and_coords(draw: ImageDraw.ImageDraw, transform: rasterio.Affine,
         length = _nice(px * w / 4)
         bar = round(length / px)
         draw.rectangle([_PAD, y0, _PAD + bar, y0 + 5], fill=_INK)
-        label = f"{length / 1000:g} km" if unit == "metre" and length >= 1000 else f"{length:g} {unit}"
+        metres = unit in ("metre", "meter")
+        label = f"{length / 1000:g} km" if metres and length >= 1000 else f"{length:g} {'m' if metres else unit}"
         draw.text((_PAD + bar + 6, y0 - 4), label, fill=_INK, font=_font(12))
     if crs_obj is not None:
-        to_ll = Transformer.from_crs(crs_obj, "EPSG:4326", always_xy=True)
+        to_ll = _to_lonlat(crs_obj.to_wkt())
         full_w, full_h = w / zoom, h / zoom
         (lon0, lat0), (lon1, lat1) = (to_ll.transform(*(transform @ (0, 0))),
                                       to_ll.transform(*(transform @ (full_w, full_h))))
         text = (f"top left {_ll(lat0, 'N', 'S')} {_ll(lon0, 'E', 'W')}   bottom right {_ll(lat1, 'N', 'S')} "
                 f"{_ll(lon1, 'E', 'W')}   ({crs_obj.to_string()})")
         draw.text((_PAD, y0 + 14), text, fill=_INK, font=_font(11))
+
+
+@lru_cache(maxsize=8)
+def _crs(wkt: str) -> object:
+    from pyproj import CRS
+
+    return CRS.from_wkt(wkt)
+
+
+@lru_cache(maxsize=8)
+def _to_lonlat(wkt: str) -> object:
+    from pyproj import Transformer
+
+    return Transformer.from_crs(wkt, "EPSG:4326", always_xy=True)
 
 
 def _ll(v: float, pos: str, neg: str) -> str:
