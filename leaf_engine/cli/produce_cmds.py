@@ -92,6 +92,10 @@ def produce(
         return
     from ..backends.local import produce as run_local
 
+    if not _kernel_cached():
+        console_err.print("first run on this machine: numba compiles the SL2P kernel once before the first job "
+                          "(a few minutes on a small machine, silent); later runs reuse its cache "
+                          f"({_kernel_cache_dir()})", markup=False, highlight=False)
     source = scenes or resolve_path(req.scenes, request)
     result = run_local(
         req, out_dir=out, scenes=source, dask_address=dask,
@@ -102,6 +106,20 @@ def produce(
         from ..outputs import derived_from
 
         _write_manifests(req, out, derived_from(result.jobs, source))
+
+
+def _kernel_cache_dir() -> Path:
+    import os
+
+    from ..sl2p import kernel
+
+    return Path(os.environ.get("NUMBA_CACHE_DIR") or Path(kernel.__file__).parent / "__pycache__")
+
+
+def _kernel_cached() -> bool:
+    """Has numba's on-disk cache of the kernel (``cache=True``) been written on this machine?"""
+    cache = _kernel_cache_dir()
+    return cache.is_dir() and any(cache.rglob("kernel._run-*.nbi"))
 
 
 def _write_manifests(req: ProductionRequest, out: Path, scenes: dict[str, list[str]] | None = None) -> None:
@@ -115,6 +133,7 @@ def _write_manifests(req: ProductionRequest, out: Path, scenes: dict[str, list[s
 
     results = catalogue_local_run(req, sink, derived_from=scenes)
     complete = len({r.item_id for r in results if r.complete})
-    console.print(f"STAC catalogue: {sink.local_path(catalog_key(req.out_folder))} (collection "  # type: ignore[attr-defined]
-                  f"{sink.local_path(collection_key(req.out_folder, req.request_id))}, "  # type: ignore[attr-defined]
-                  f"{complete} complete item(s))", markup=False, highlight=False)
+    where = getattr(sink, "local_path", sink.uri)
+    console.print(f"STAC catalogue: {where(catalog_key(req.out_folder))} (collection "
+                  f"{where(collection_key(req.out_folder, req.request_id))}, {complete} complete item(s))",
+                  markup=False, highlight=False)
