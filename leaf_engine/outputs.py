@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CATALOG_NAME = "catalog.json"
 QC_LAYERS = ("domain", "out_of_range", "invalid")
 """Boolean layers decoded from QC (names of ``products.qc_fields``), as ``QC_<name>``; plus ``QC_sensor_code``."""
+QC_DOC = {"domain": products.QC_BITS["0"], "out_of_range": products.QC_BITS["1"], "invalid": products.QC_BITS["2"]}
 
 
 class OutputsError(LeafError):
@@ -123,12 +124,13 @@ def open_outputs(path: str | Path, products_: Sequence[str] | None = None, *, re
     for name in names:
         p = products.product(name)
         if name == "QC":
-            fields = products.qc_fields(raw[name].values) if chunks is None else None
+            # products.qc_fields (the one QC definition) per block, eagerly or under Dask alike.
             for layer in QC_LAYERS:
-                data = fields[layer] if fields is not None else (raw[name] & _mask(layer)) > 0
-                out[f"QC_{layer}"] = (raw[name].dims, np.asarray(data)) if fields is not None else data
-                out[f"QC_{layer}"].attrs = {"long_name": products.QC_BITS[str(_mask(layer).bit_length() - 1)]}
-            out["QC_sensor_code"] = raw[name] >> products.QC_SENSOR_SHIFT
+                out[f"QC_{layer}"] = xr.apply_ufunc(lambda q, f=layer: products.qc_fields(q)[f], raw[name],
+                                                    dask="parallelized", output_dtypes=[bool])
+                out[f"QC_{layer}"].attrs = {"long_name": QC_DOC[layer]}
+            out["QC_sensor_code"] = xr.apply_ufunc(lambda q: products.qc_fields(q)["sensor_code"], raw[name],
+                                                   dask="parallelized", output_dtypes=[np.uint8])
             out["QC_nodata"] = raw[name] == p.nodata
         elif name == "Date":
             out[name] = _dates(raw[name], p.nodata)
@@ -139,11 +141,6 @@ def open_outputs(path: str | Path, products_: Sequence[str] | None = None, *, re
     out.attrs = {"source": find_catalogue(path), "request_ids": sorted({str(i.properties.get("leaf:request_id"))
                                                                         for i in items})}
     return out
-
-
-def _mask(layer: str) -> int:
-    return {"domain": products.QC_INPUT_OUT_OF_DOMAIN, "out_of_range": products.QC_OUTPUT_OUT_OF_RANGE,
-            "invalid": products.QC_INVALID}[layer]
 
 
 # ----------------------------------------------------------------------------------------------- status

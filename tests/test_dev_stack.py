@@ -76,14 +76,18 @@ def test_readme_cloud_trial(tmp_path):
         # An invalid message (sent around `leaf publish`, which would refuse it): status finds its error record.
         from google.cloud import pubsub_v1
 
+        saved = {k: os.environ.get(k) for k in env}  # the session's emulators fixture set some of these
         os.environ.update(env)
         try:
             body = json.dumps({"sensor": "S9", "year": 2018, "months": [7], "tile_names": ["tile42"],
                                "GCS_bucket": "leaf-dev", "out_folder": "bouconne-2018"}).encode()
             pubsub_v1.PublisherClient().publish(env["LEAF_REQUESTS_TOPIC"], body, request_id="bad-1").result(60)
         finally:
-            for k in env:
-                os.environ.pop(k, None)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             got = _leaf(["status", "bad-1", "--bucket", "leaf-dev", "--folder", "bouconne-2018"], env)

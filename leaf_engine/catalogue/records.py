@@ -22,16 +22,7 @@ from .check import check_object
 from .concurrency import update_json
 from .expectations import ExpectedItem, ExpectedObject
 from .runs import CLAIMED, PROCESSING, SUCCEEDED, run_for_object, set_state
-from .stac import (
-    href,
-    item_grid_fields,
-    item_links,
-    new_collection,
-    new_item,
-    now_iso,
-    product_asset,
-    shard_entry,
-)
+from .stac import href, item_grid_fields, item_links, new_collection, new_item, now_iso, product_asset, shard_entry
 
 COMPLETE, PARTIAL, SKIPPED, PENDING = "complete", "partial", "skipped", "pending"
 

@@ -168,6 +168,8 @@ def _legend(key: tuple, classes: list[tuple[str, tuple[int, int, int]]] | None, 
     """The legend panel (drawn once per product and window, then reused: text rendering is the slow part)
     and the height below which the per-map note goes."""
     if key not in _LEGENDS:
+        if len(_LEGENDS) > 64:  # one per product and period: keep a long national run's cache small
+            _LEGENDS.clear()
         product_name = key[0]
         panel = Image.new("RGB", (_PANEL_W, 300), _WHITE)
         draw = ImageDraw.Draw(panel)
