@@ -22,7 +22,7 @@ from ...sensors import members
 from ...sl2p import load_network_set
 from .executors import BlockExecutor, make_executor
 from .pipeline import JobSpec, process_block
-from .quicklook import quicklooks_enabled, write_quicklook
+from .quicklook import quicklooks_enabled, write_quicklooks
 from .scenes import AssetRef, Scene, discover
 from .writer import JobTags, OutputSet, qml_style
 
@@ -183,21 +183,23 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     except BaseException:
         outputs.abort()
         raise
-    ql_seconds = 0.0
-    for product_name, path in outputs.finish().items():
+    cogs = outputs.finish()
+    for product_name, path in cogs.items():
         name = names[product_name]
         sink.put_file(name.key(), path)
         summary.files.append(name.key())
         style = name.key().removesuffix(".tif") + ".qml"  # QGIS applies a .qml of the same name on opening
         sink.put_bytes(style, qml_style(product_name, job.start, job.end), "text/xml")
         summary.files.append(style)
-        if quicklooks:
-            tq = time.perf_counter()
-            png = write_quicklook(path, product_name, path.with_suffix(".png"),
-                                  f"{name.stem} — {req.sensor} {req.algorithm}", year=job.year)
-            sink.put_file(name.quicklook_key(), png)
-            summary.files.append(name.quicklook_key())
-            ql_seconds += time.perf_counter() - tq
+    ql_seconds = 0.0
+    if quicklooks:
+        tq = time.perf_counter()
+        titles = {p: f"{names[p].stem} — {req.sensor} {req.algorithm}" for p in cogs}
+        for product_name, png in write_quicklooks(cogs, titles, threads=1).items():
+            sink.put_file(names[product_name].quicklook_key(), png)
+            summary.files.append(names[product_name].quicklook_key())
+        ql_seconds = time.perf_counter() - tq
+    for path in cogs.values():
         path.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - t0
     summary.quicklook_seconds = ql_seconds

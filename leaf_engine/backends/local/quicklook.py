@@ -10,6 +10,7 @@ them.
 from __future__ import annotations
 
 import os
+import threading
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,8 @@ from rasterio.enums import Resampling
 from ... import products, styles
 from ...errors import LeafError
 
-MAX_SIDE = 1024
+MAX_SIDE = 640
+"""Previews are read from the COG overviews at most this many pixels on their long side."""
 MIN_SIDE = 360
 """Small maps are enlarged (nearest neighbour) to at least this many pixels on their long side."""
 ENV = "LEAF_QUICKLOOKS"
@@ -43,9 +45,28 @@ def quicklooks_enabled(value: bool | None) -> bool:
     raise LeafError(f"{ENV}={raw!r} must be 0 or 1 (write quicklook PNGs or not)")
 
 
-@lru_cache(maxsize=4)
+def write_quicklooks(cogs: dict[str, Path], titles: dict[str, str], threads: int = 2) -> dict[str, Path]:
+    """Quicklooks of a job's files (product → COG), ``threads`` at a time (reads, colour lookups and PNG
+    encoding release the GIL); returns product → PNG beside each COG."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[str, Path]) -> tuple[str, Path]:
+        product_name, cog = item
+        return product_name, write_quicklook(cog, product_name, cog.with_suffix(".png"), titles[product_name])
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="leaf-quicklook") as pool:
+        return dict(pool.map(one, cogs.items()))
+
+
+_THREAD = threading.local()
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+    """Pillow's built-in font, one per thread (a FreeType face must not be shared across threads)."""
+    fonts = _THREAD.__dict__.setdefault("fonts", {})
+    if size not in fonts:
+        fonts[size] = ImageFont.load_default(size=size)
+    return fonts[size]
 
 
 def _read_preview(path: Path) -> tuple[np.ndarray, int, dict[str, str], rasterio.Affine, object]:
@@ -167,7 +188,8 @@ def _legend(key: tuple, classes: list[tuple[str, tuple[int, int, int]]] | None, 
             ) -> tuple[Image.Image, int]:
     """The legend panel (drawn once per product and window, then reused: text rendering is the slow part)
     and the height below which the per-map note goes."""
-    if key not in _LEGENDS:
+    got = _LEGENDS.get(key)
+    if got is None:
         if len(_LEGENDS) > 64:  # one per product and period: keep a long national run's cache small
             _LEGENDS.clear()
         product_name = key[0]
@@ -197,8 +219,8 @@ def _legend(key: tuple, classes: list[tuple[str, tuple[int, int, int]]] | None, 
         if classes is None:
             _nodata_swatch(draw, lx, yy)
             yy += 22
-        _LEGENDS[key] = (panel, yy)
-    return _LEGENDS[key]
+        got = _LEGENDS[key] = (panel, yy)
+    return got
 
 
 def _nodata_swatch(draw: ImageDraw.ImageDraw, x: int, y: int) -> None:
