@@ -281,6 +281,9 @@ def new_item(exp: ExpectedItem, request_id: str, collection_id: str,
     })
     if req.get("sensor"):
         d["properties"]["leaf:sensor"] = req["sensor"]
+    gsd = _resolutions({exp.item_id: exp})
+    if len(gsd) == 1:
+        d["properties"]["gsd"] = float(gsd[0])
     if (run or {}).get("backend") not in (None, "local"):
         d["links"] = ee_source_links(req.get("sensor"))
     return d
