@@ -158,3 +158,13 @@ def test_examples_plot_script(tmp_path, monkeypatch):
     runpy.run_path(str(REPO / "examples" / "plot_outputs.py"), run_name="__main__")
     assert Image.open(tmp_path / "p.png").size == (1100, 450)
     assert parse_request(raw).request_id
+
+
+def test_first_run_message_knows_the_kernel_cache(tmp_path, monkeypatch):
+    from leaf_engine.cli.produce_cmds import _kernel_cached
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert not _kernel_cached()  # the first run says that it compiles
+    (tmp_path / "leaf_engine" / "sl2p").mkdir(parents=True)
+    (tmp_path / "leaf_engine" / "sl2p" / "kernel._run-140.py311.nbi").write_bytes(b"")
+    assert _kernel_cached()
