@@ -66,10 +66,13 @@ def observation(img: Any, sensor: Sensor, start: date, end: date) -> Any:
 
     refl = masks.reflectance(img, sensor)
     doy = ee.Date(img.get("system:time_start")).getRelative("day", "year").add(1)
-    return (ee.Image.cat([
+    obs = ee.Image.cat([
         collections.angles(img, sensor), refl, score_image(refl, img, sensor, start, end),
         ee.Image.constant(doy).toDouble().rename(DOY), ee.Image.constant(sensor.qc_code).toDouble().rename(SENSOR_CODE),
-    ]).updateMask(masks.clear(img, sensor)).set("system:time_start", img.get("system:time_start")))
+    ]).updateMask(masks.clear(img, sensor))
+    # One mask for the whole observation (a pixel lacking any band is no observation, as locally), so the
+    # band-by-band mosaic below never mixes two scenes in one pixel.
+    return obs.updateMask(obs.mask().reduce(ee.Reducer.min())).set("system:time_start", img.get("system:time_start"))
 
 
 def observations(sensor: Sensor, geometry: Any, start: date, end: date) -> Any:
@@ -85,4 +88,16 @@ def best_pixel(members: tuple[Sensor, ...], geometry: Any, start: date, end: dat
     col = observations(members[0], geometry, start, end)
     for s in members[1:]:
         col = col.merge(observations(s, geometry, start, end))
-    return col.sort("system:time_start").qualityMosaic(SCORE)
+    return best_of(col)
+
+
+def best_of(col: Any) -> Any:
+    """Per pixel the observation with the highest score; among equal scores the earliest, as the local engine.
+
+    ``qualityMosaic`` does not document which image wins a tie, so the rule is built from documented parts: each
+    observation is masked to the pixels where its score equals the maximum (``reduce.max``), and ``mosaic``, which
+    puts later images on top, runs over the collection sorted latest first, so the earliest tied one wins.
+    """
+    best = col.select([SCORE]).max()
+    tied = col.map(lambda img: img.updateMask(img.select(SCORE).eq(best)))
+    return tied.sort("system:time_start", False).mosaic()

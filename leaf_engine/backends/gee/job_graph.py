@@ -30,10 +30,12 @@ def job_image(job: Any) -> Any:
     comp = composite.best_pixel(members, geometry, job.start, job.end)
     code_band = comp.select(composite.SENSOR_CODE)
     valid = code_band.mask().gt(0)
+    # unmask(..., False) below and in sl2p_graph: fill past the composite's footprint (no scene at all there),
+    # so such pixels get "invalid" QC and nodata products as locally, instead of staying masked.
     lc = landcover.landcover_image() if job.algorithm == "SL2P-CCRS" else None
     img = sl2p_graph.products_image(
         comp, network_sets(job), job.products, valid=valid,
-        sensor_code=code_band.unmask(members[0].qc_code), landcover=lc, date=comp.select(composite.DOY),
+        sensor_code=code_band.unmask(members[0].qc_code, False), landcover=lc, date=comp.select(composite.DOY),
     )
     # Custom polygons: pixels of the export rectangle outside the polygon are no data.
     return img if job.region.tile is not None else img.clip(geometry)
