@@ -5,10 +5,15 @@ Everything else (request validation, the local and Earth Engine backends, QC ass
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 ANGLE_INPUTS: tuple[str, ...] = ("cosVZA", "cosSZA", "cosRAA")
 """Angle inputs of every LEAF network set, in network order (angles come first in LEAF sets)."""
+
+SCORE_BANDS: tuple[str, ...] = ("red", "nir08")
+"""Common names of the bands the compositing score's NDVI uses (:mod:`leaf_engine.composite`); read for every
+job, so a set without them (the S2 10 m sets) is composited by the same rule."""
 
 VALID_REFLECTANCE = (-0.005, 1.05)
 """Reflectance outside this range makes a pixel invalid (QC bit 2), as in the ancestor tool."""
@@ -39,7 +44,8 @@ class Sensor:
     dn_offset: float
     """Reflectance = DN·dn_scale + dn_offset for the Earth Engine collection (and STAC items lacking raster:bands)."""
     networks: dict[str, str] = field(default_factory=dict)
-    """Shipped network set id per algorithm (``SL2P``, ``SL2P-CCRS``)."""
+    """Shipped network set id per algorithm (``SL2P``, ``SL2P-CCRS``): the default sets, whose inputs are
+    :attr:`bands`."""
     ee_toa_collection: str | None = None
     """Landsat: the C2 TOA collection whose angle bands (SAA/SZA/VAA/VZA) give per-pixel geometry."""
     mask_asset: str = ""
@@ -48,6 +54,11 @@ class Sensor:
     """Landsat: STAC asset key of the radiometric saturation layer (``qa_radsat``); any bit set = invalid."""
     saturation_band: str = ""
     """The same layer's Earth Engine band name (``QA_RADSAT``)."""
+    extra_bands: tuple[Band, ...] = ()
+    """Bands the sensor supplies beyond the default sets' inputs (Sentinel-2's 10 m B2, B8), read only for a set
+    that asks for them."""
+    other_networks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Further shipped sets per algorithm that this sensor supplies the inputs of (chosen with ``networks``)."""
 
     @property
     def qc_value(self) -> int:
@@ -59,6 +70,29 @@ class Sensor:
 
     def band_names(self) -> tuple[str, ...]:
         return tuple(b.net_input for b in self.bands)
+
+    @property
+    def supplied_bands(self) -> tuple[Band, ...]:
+        """Every spectral band the sensor supplies (default inputs first)."""
+        return (*self.bands, *self.extra_bands)
+
+    def band(self, net_input: str) -> Band:
+        for b in self.supplied_bands:
+            if b.net_input == net_input:
+                return b
+        raise KeyError(f"{self.id} supplies no band {net_input!r}")
+
+    def bands_for(self, inputs: Sequence[str] | None = None) -> tuple[Band, ...]:
+        """The bands one job reads: a network set's spectral inputs in the set's order, then the bands of the
+        compositing score (red, nir08) when the set lacks them. ``None``: the default sets' inputs."""
+        if inputs is None:
+            return self.bands
+        require_network_inputs(self.id, "the network set", inputs)
+        chosen = [self.band(n) for n in inputs if n not in ANGLE_INPUTS]
+        for common in SCORE_BANDS:
+            if not any(b.common_name == common for b in chosen):
+                chosen.append(next(b for b in self.supplied_bands if b.common_name == common))
+        return tuple(chosen)
 
 
 def _b(net: str, ee: str, common: str, *keys: str) -> Band:
@@ -75,6 +109,11 @@ _S2_BANDS = (
     _b("B11", "B11", "swir16", "B11"),
     _b("B12", "B12", "swir22", "B12"),
 )
+_S2_10M_EXTRA = (
+    _b("B2", "B2", "blue", "B02"),
+    _b("B8", "B8", "nir", "B08"),
+)
+"""The 10 m bands the S2 10 m sets need besides B3 and B4 (Earth Search: ``blue``/``nir``; others ``B02``/``B08``)."""
 _OLI_BANDS = (
     _b("SR_B3", "SR_B3", "green", "SR_B3", "B3"),
     _b("SR_B4", "SR_B4", "red", "SR_B4", "B4"),
@@ -107,6 +146,8 @@ SENSORS: dict[str, Sensor] = {
             0.0,
             {"SL2P": "leaf_sl2p_s2_20m", "SL2P-CCRS": "leaf_sl2pccrs_s2_20m"},
             mask_asset="scl",
+            extra_bands=_S2_10M_EXTRA,
+            other_networks={"SL2P": ("leaf_sl2p_s2_10m",), "SL2P-CCRS": ("leaf_sl2pccrs_s2_10m",)},
         ),
         Sensor(
             "L5_SR",
@@ -203,6 +244,57 @@ def sensor_years(request_sensor: str) -> tuple[int, int | None]:
     ms = members(request_sensor)
     lasts = [m.last_year for m in ms]
     return min(m.first_year for m in ms), None if None in lasts else max(lasts)  # type: ignore[type-var]
+
+
+def missing_inputs(sensor: Sensor, inputs: Sequence[str]) -> tuple[str, ...]:
+    """The inputs of a network set that ``sensor`` does not supply (angles are always supplied)."""
+    supplied = {b.net_input for b in sensor.supplied_bands}
+    return tuple(n for n in inputs if n not in ANGLE_INPUTS and n not in supplied)
+
+
+def network_inputs_problem(request_sensor: str, set_id: str, inputs: Sequence[str]) -> str | None:
+    """The one rule for accepting a network set: every member sensor supplies each of its inputs.
+
+    Returns what is wrong (to report under the ``networks`` key) or None. Request validation and both executors
+    call it, so a set no executor can feed is refused before any work starts."""
+    for m in members(request_sensor):
+        missing = missing_inputs(m, inputs)
+        if missing:
+            supplied = ", ".join(b.net_input for b in m.supplied_bands)
+            return (f"network set {set_id} needs inputs {', '.join(missing)}, which sensor {m.id} does not supply "
+                    f"(it supplies {supplied} and the angles): choose a set made for {m.id}")
+    return None
+
+
+def network_set_problem(request_sensor: str, source: str) -> str | None:
+    """:func:`network_inputs_problem` for a set named by shipped id or local path (what request validation can
+    open); a remote set (``gs://``, ``http(s)://``) is checked by :func:`require_network_inputs` when loaded."""
+    from .errors import NetworkFileError
+    from .sl2p.networks import load_network_set  # here: the network module reads this one's sensor facts
+
+    if source.startswith(("gs://", "http://", "https://")):
+        return None
+    try:
+        nets = load_network_set(source)
+    except NetworkFileError as e:
+        return str(e)
+    return network_inputs_problem(request_sensor, nets.set_id, nets.inputs)
+
+
+def require_network_inputs(request_sensor: str, set_id: str, inputs: Sequence[str]) -> None:
+    """Raise :class:`~leaf_engine.errors.NetworkFileError` unless every member sensor supplies the set's inputs."""
+    from .errors import NetworkFileError
+
+    problem = network_inputs_problem(request_sensor, set_id, inputs)
+    if problem:
+        raise NetworkFileError(problem)
+
+
+def extra_network_sets(sensor: Sensor) -> Iterator[tuple[str, str]]:
+    """(set id, algorithm) of the shipped sets beyond the defaults that ``sensor`` can run."""
+    for algorithm, ids in sensor.other_networks.items():
+        for set_id in ids:
+            yield set_id, algorithm
 
 
 def sensor_by_qc_code(code: int) -> Sensor:

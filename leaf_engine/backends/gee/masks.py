@@ -8,6 +8,7 @@ Reflectance outside :data:`leaf_engine.sensors.VALID_REFLECTANCE` is invalid too
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ... import sensors
@@ -17,9 +18,11 @@ S2_CLASSI_BANDS = ("MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS")
 """Cloud classification bands of S2 baseline ≥ 04.00 products, present where QA60 is no longer filled."""
 
 
-def reflectance(img: Any, sensor: Sensor) -> Any:
-    """The sensor's spectral bands as 0–1 reflectance, renamed to the networks' input names (double)."""
-    dn = img.select([b.ee_band for b in sensor.bands], list(sensor.band_names()))
+def reflectance(img: Any, sensor: Sensor, inputs: Sequence[str] | None = None) -> Any:
+    """The bands a job reads (:meth:`Sensor.bands_for` of the set's ``inputs``) as 0–1 reflectance, renamed to
+    the networks' input names (double)."""
+    bands = sensor.bands_for(inputs)
+    dn = img.select([b.ee_band for b in bands], [b.net_input for b in bands])
     return dn.toDouble().multiply(sensor.dn_scale).add(sensor.dn_offset)
 
 
@@ -70,7 +73,7 @@ def reflectance_ok(refl: Any) -> Any:
     return refl.gte(lo).And(refl.lte(hi)).reduce(ee.Reducer.min())
 
 
-def clear(img: Any, sensor: Sensor) -> Any:
-    """The full validity test of one scene: quality layer and reflectance range."""
+def clear(img: Any, sensor: Sensor, inputs: Sequence[str] | None = None) -> Any:
+    """The full validity test of one scene: quality layer and the range of every band the job reads."""
     quality = landsat_clear(img, sensor) if sensor.is_landsat else s2_clear(img)
-    return quality.And(reflectance_ok(reflectance(img, sensor)))
+    return quality.And(reflectance_ok(reflectance(img, sensor, inputs)))

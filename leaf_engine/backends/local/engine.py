@@ -130,7 +130,9 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     """Discover, composite, estimate and write one job; returns what it did."""
     t0 = time.perf_counter()
     gbox = job.geobox()
-    scenes = discover(scenes_source, req.sensor, job.region.geometry, job.start, job.end) if scenes_source else []
+    inputs = {s.id: load_network_set(req.network_set(s.id)).inputs for s in members(req.sensor)}
+    scenes = discover(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
+                      inputs=inputs) if scenes_source else []
     summary = JobSummary(job.job_id, [s.id for s in scenes], gbox.width, gbox.height)
     spec = job_spec(req, job, scenes, gbox, landcover)
     names = {n.product: n for n in job.output_names()}

@@ -51,7 +51,7 @@ class JobSpec:
 
 def band_order(spec: JobSpec) -> tuple[str, ...]:
     """Reflectance inputs shared by every member sensor (the merged LS_SR sensors share their band names)."""
-    return spec.scenes[0].sensor.band_names() if spec.scenes else ()
+    return tuple(spec.scenes[0].bands) if spec.scenes else ()
 
 
 def _inside_region(spec: JobSpec, gbox: GeoBox) -> np.ndarray:
@@ -127,7 +127,7 @@ def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray
 
 
 def _score(scene: Scene, bands: np.ndarray, spec: JobSpec) -> np.ndarray:
-    common = [b.common_name for b in scene.sensor.bands]
+    common = [scene.sensor.band(n).common_name for n in scene.bands]
     red, nir = bands[common.index("red")], bands[common.index("nir08")]
     return composite.score(red, nir, scene.date, spec.start, spec.end, scene.cloud_cover)
 

@@ -9,7 +9,7 @@ Items without a quality asset are accepted: every pixel counts as clear unless i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -193,11 +193,12 @@ def scene_angles(item: pystac.Item) -> tuple[float, float, float, float]:
     return sza, saa, vza, vaa
 
 
-def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
-    """Build a :class:`Scene`; raises :class:`SceneError` naming what the item lacks."""
+def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | None = None) -> Scene:
+    """Build a :class:`Scene` with the bands a network set with ``inputs`` needs (None: the sensor's default
+    sets'; see :meth:`Sensor.bands_for`); raises :class:`SceneError` naming what the item lacks."""
     bands: dict[str, AssetRef] = {}
     missing = []
-    for band in sensor.bands:
+    for band in sensor.bands_for(inputs):
         key = _asset_key(item, band.stac_keys, band.common_name)
         if key is None:
             missing.append(f"{band.net_input} ({'/'.join(band.stac_keys)})")
@@ -226,9 +227,13 @@ def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
 
 
 def select_scenes(items: Sequence[pystac.Item], request_sensor: str, region: shapely.Geometry, start: date,
-                  end: date, max_cloud_cover: float = MAX_SCENE_CLOUD_COVER) -> list[Scene]:
-    """Scenes of the request's sensor(s) that touch the region (lon/lat) within the inclusive window, by time."""
+                  end: date, max_cloud_cover: float = MAX_SCENE_CLOUD_COVER,
+                  inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
+    """Scenes of the request's sensor(s) that touch the region (lon/lat) within the inclusive window, by time.
+
+    ``inputs``: each member sensor's network set inputs by sensor id (default: its default sets')."""
     wanted = {s.id for s in members(request_sensor)}
+    inputs = inputs or {}
     out = []
     for item in items:
         sensor = sensor_of_item(item)
@@ -241,10 +246,11 @@ def select_scenes(items: Sequence[pystac.Item], request_sensor: str, region: sha
         foot = shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
         if not foot.intersects(region):
             continue
-        out.append(scene_from_item(item, sensor))
+        out.append(scene_from_item(item, sensor, inputs.get(sensor.id)))
     return sorted(out, key=lambda s: (s.datetime, s.id))
 
 
 def discover(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date,
-             max_cloud_cover: float = MAX_SCENE_CLOUD_COVER) -> list[Scene]:
-    return select_scenes(load_items(source), request_sensor, region, start, end, max_cloud_cover)
+             max_cloud_cover: float = MAX_SCENE_CLOUD_COVER,
+             inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
+    return select_scenes(load_items(source), request_sensor, region, start, end, max_cloud_cover, inputs)
