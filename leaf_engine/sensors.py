@@ -29,6 +29,93 @@ class Band:
     common_name: str
 
 
+# ----------------------------------------------------------------------------------------------- quality layers
+# Which pixels are clear, as the authors define it (CCRS LEAF-Toolbox, github.com/rfernand387/LEAF-Toolbox, the
+# Sentinel-2 and Landsat-8 modules: S2MaskLand / S2MaskClear, L08MaskLand / L08MaskClear). Both executors apply
+# the same table: Earth Engine in backends/gee/masks.py, the local engine in backends/local/masks.py.
+
+SCL_CLEAR_CLASSES: frozenset[int] = frozenset({4, 5})
+"""S2 scene classification classes that are clear: 4 vegetation, 5 not vegetated. LEAF-Toolbox S2MaskLand keeps
+only these, so 2 (dark area / terrain shadow), 6 (water), 7 (unclassified) and every cloud, shadow, snow and
+no-data class are invalid."""
+SCL_INVALID_CLASSES: frozenset[int] = frozenset(range(256)) - SCL_CLEAR_CLASSES
+S2_QA60_INVALID_BITS: tuple[int, ...] = (10, 11)
+"""S2 QA60: opaque clouds (10), cirrus (11) — LEAF-Toolbox S2MaskClear."""
+S2_CLASSI_BANDS: tuple[str, ...] = ("MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS")
+"""The cloud classification bands that replace QA60 from processing baseline 04.00 (QA60 is empty there)."""
+QA_PIXEL_INVALID_BITS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7)
+"""Landsat C2 QA_PIXEL: fill (0), dilated cloud (1), cirrus (2), cloud (3), cloud shadow (4), snow (5), water (7):
+the union of LEAF-Toolbox L08MaskLand (0, 4, 5, 7) and L08MaskClear (1-5)."""
+
+
+@dataclass(frozen=True)
+class QualityLayer:
+    """One quality layer of a sensor's products and the rule by which it makes a pixel invalid (QC bit 2)."""
+
+    band: str
+    """Earth Engine band name; also the default STAC asset key (lower case)."""
+    stac_keys: tuple[str, ...]
+    clear_classes: frozenset[int] | None = None
+    """A class layer: only these values are clear."""
+    invalid_bits: tuple[int, ...] = ()
+    """A bit layer: any of these bits set is invalid."""
+    any_nonzero: bool = False
+    """Any non-zero value is invalid (QA_RADSAT, MSK_CLASSI)."""
+    optional: bool = False
+    """Absent from some products, or masked where it has nothing to say: then it flags nothing (the same
+    fallback on both executors). A required layer's masked / nodata pixels are invalid."""
+    flags_water: bool = False
+    """The layer marks inland water (so the spectral water test is not needed where the product defines it)."""
+    water_flag_if: tuple[tuple[str, str], ...] = ()
+    """Where the layer's water flag can be trusted only for some products: (item property, regular expression)
+    pairs, any of which must match (``collection`` is the item's collection id). Empty: wherever it is present."""
+    why: str = ""
+
+
+S2_QUALITY: tuple[QualityLayer, ...] = (
+    QualityLayer("SCL", ("scl", "SCL"), clear_classes=SCL_CLEAR_CLASSES, flags_water=True,
+                 why="scene classification: keep vegetation (4) and not-vegetated (5) only (LEAF-Toolbox)"),
+    QualityLayer("QA60", ("qa60", "QA60"), invalid_bits=S2_QA60_INVALID_BITS, optional=True,
+                 why="opaque cloud (10) and cirrus (11) bits (LEAF-Toolbox S2MaskClear); empty since baseline 04.00"),
+    *(QualityLayer(b, (b.lower(), b), any_nonzero=True, optional=True,
+                   why="cloud classification of baseline >= 04.00 (replaces QA60): any flag")
+      for b in S2_CLASSI_BANDS),
+)
+LANDSAT_QUALITY: tuple[QualityLayer, ...] = (
+    QualityLayer("QA_PIXEL", ("qa_pixel", "QA_PIXEL"), invalid_bits=QA_PIXEL_INVALID_BITS, flags_water=True,
+                 # USGS Collection 2 defines bit 7 (water); a QA_PIXEL-style layer translated from another product
+                 # (e.g. Geoscience Australia NBAR pixel quality, which flags only the sea) does not.
+                 water_flag_if=(("landsat:collection_number", r"0?2"), ("collection", r"(?i).*(c2|c02).*")),
+                 why="fill, dilated cloud, cirrus, cloud, shadow, snow, water bits (LEAF-Toolbox L08MaskLand/Clear)"),
+    QualityLayer("QA_RADSAT", ("qa_radsat", "QA_RADSAT"), any_nonzero=True, optional=True,
+                 why="radiometric saturation (or dropped/terrain-occluded pixel) in any band"),
+)
+
+
+@dataclass(frozen=True)
+class WaterTest:
+    """A spectral water test for inputs whose quality layer cannot flag inland water."""
+
+    green: str
+    nir: str
+    threshold: float
+    name: str
+    cite: str
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.name} = ({self.green} - {self.nir}) / ({self.green} + {self.nir}) > {self.threshold}"
+
+
+WATER_TEST = WaterTest(
+    "green", "nir08", 0.0, "NDWI", "McFeeters 1996",
+    "McFeeters, S. K. (1996), The use of the Normalized Difference Water Index (NDWI) in the delineation of open "
+    "water features, Int. J. Remote Sensing 17(7):1425-1432: open water has NDWI > 0, vegetation and soil < 0")
+"""Applied to scenes with no quality layer that flags water (e.g. THEIA L3A without SCL, or Geoscience
+Australia NBAR whose pixel quality flags only the sea): Lake Burley Griffin must not come out as vegetation.
+Both bands (common names) are read for every job (they are the compositing score's bands)."""
+
+
 @dataclass(frozen=True)
 class Sensor:
     id: str
@@ -59,6 +146,8 @@ class Sensor:
     that asks for them."""
     other_networks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Further shipped sets per algorithm that this sensor supplies the inputs of (chosen with ``networks``)."""
+    quality: tuple[QualityLayer, ...] = ()
+    """The quality layers and their rules (see :class:`QualityLayer`)."""
 
     @property
     def qc_value(self) -> int:
@@ -148,6 +237,7 @@ SENSORS: dict[str, Sensor] = {
             mask_asset="scl",
             extra_bands=_S2_10M_EXTRA,
             other_networks={"SL2P": ("leaf_sl2p_s2_10m",), "SL2P-CCRS": ("leaf_sl2pccrs_s2_10m",)},
+            quality=S2_QUALITY,
         ),
         Sensor(
             "L5_SR",
@@ -165,6 +255,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_pixel",
             "qa_radsat",
             "QA_RADSAT",
+            quality=LANDSAT_QUALITY,
         ),
         Sensor(
             "L7_SR",
@@ -182,6 +273,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_pixel",
             "qa_radsat",
             "QA_RADSAT",
+            quality=LANDSAT_QUALITY,
         ),
         Sensor(
             "L8_SR",
@@ -199,6 +291,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_pixel",
             "qa_radsat",
             "QA_RADSAT",
+            quality=LANDSAT_QUALITY,
         ),
         Sensor(
             "L9_SR",
@@ -216,6 +309,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_pixel",
             "qa_radsat",
             "QA_RADSAT",
+            quality=LANDSAT_QUALITY,
         ),
     )
 }
@@ -302,15 +396,6 @@ def sensor_by_qc_code(code: int) -> Sensor:
         if s.qc_code == code:
             return s
     raise KeyError(f"no sensor has QC code {code}")
-
-
-# Quality layers. Classes/bits that make an observation invalid (QC bit 2).
-SCL_INVALID_CLASSES: frozenset[int] = frozenset({0, 1, 3, 6, 8, 9, 10, 11})
-"""S2 scene classification: 0 no data, 1 saturated/defective, 3 cloud shadow, 6 water, 8/9 cloud, 10 cirrus, 11 snow."""
-S2_QA60_INVALID_BITS: tuple[int, ...] = (10, 11)
-"""S2 QA60: opaque clouds (10), cirrus (11)."""
-QA_PIXEL_INVALID_BITS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7)
-"""Landsat C2 QA_PIXEL: fill, dilated cloud, cirrus, cloud, cloud shadow, snow, water."""
 
 
 def qa_pixel_invalid_mask() -> int:

@@ -113,9 +113,10 @@ def test_bouconne_at_10m_with_the_10m_networks(tmp_path: Path) -> None:
         with rasterio.open(folder / f"bouconne_2018_Jul_QC_{res}m.tif") as src:
             qc = src.read(1)
         inside = qc != products.product("QC").nodata
-        assert (products.qc_fields(qc[inside])["invalid"] == 0).all()
-        assert np.isfinite(lai[inside]).all()
-        out[res] = float(np.median(lai[inside]))
+        clear = inside & (products.qc_fields(qc)["invalid"] == 0)
+        assert clear.sum() > 0.99 * inside.sum()  # all but the Bouconne lake (the spectral water test)
+        assert np.isfinite(lai[clear]).all()
+        out[res] = float(np.median(lai[clear]))
     # The same networks on the same spectra outside the pipeline (nominal angles of the item): the 10 m grid of
     # the region is not the source grid, so medians, not pixels, are compared.
     nets = load_network_set("leaf_sl2p_s2_10m")

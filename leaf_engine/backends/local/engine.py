@@ -21,6 +21,7 @@ from ...errors import LeafError
 from ...sensors import members
 from ...sl2p import load_network_set
 from .executors import BlockExecutor, make_executor
+from .masks import describe_masks
 from .pipeline import JobSpec, process_block
 from .quicklook import write_quicklook
 from .scenes import AssetRef, Scene, discover
@@ -138,7 +139,7 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     names = {n.product: n for n in job.output_names()}
     tags = JobTags(req.request_id, req.sensor, req.algorithm,
                    ",".join(f"{k}:{v.set_id}" for k, v in spec.nets.items()), job.region.name, job.period,
-                   job.start.isoformat(), job.end.isoformat(), len(scenes))
+                   job.start.isoformat(), job.end.isoformat(), len(scenes), describe_masks(scenes))
     folder = tmp / job.job_id
     outputs = OutputSet(folder, {p: n.stem for p, n in names.items()}, gbox, tags)
     todo = blocks(gbox, block_size)

@@ -20,7 +20,15 @@ from shapely.geometry import shape
 
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
-from ...sensors import S2_BOA_OFFSET_DN, S2_OFFSET_BASELINE, SENSORS, Sensor, members
+from ...sensors import (
+    S2_BOA_OFFSET_DN,
+    S2_OFFSET_BASELINE,
+    SENSORS,
+    WATER_TEST,
+    QualityLayer,
+    Sensor,
+    members,
+)
 
 ANGLE_ASSET_KEYS: dict[str, tuple[str, ...]] = {
     "sza": ("sza", "solar_zenith", "sun_zenith"),
@@ -66,6 +74,18 @@ class Scene:
     view_azimuth: float
     angle_assets: dict[str, AssetRef] = field(default_factory=dict)
     """Per-pixel angles (``sza``/``saa``/``vza``/``vaa``, degrees after scaling) where the item provides them."""
+    quality: tuple[tuple[QualityLayer, AssetRef], ...] = ()
+    """The sensor's quality layers the item has, each with its asset (see ``sensors.QualityLayer``)."""
+    water_test: bool = False
+    """True when no quality layer of the item can flag inland water: the spectral water test applies."""
+
+    @property
+    def mask_rule(self) -> str:
+        """Which rule masked this scene, for the outputs' metadata."""
+        parts = [f"{q.band}: {q.why}" for q, _ in self.quality] or ["no quality layer: nodata only"]
+        if self.water_test:
+            parts.append(f"inland water: {WATER_TEST.describe()} ({WATER_TEST.cite})")
+        return "; ".join(parts)
 
     @property
     def date(self) -> date:
@@ -210,6 +230,8 @@ def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | N
     sat_key = _asset_key(item, [sensor.saturation_asset]) if sensor.saturation_asset else None
     angle_assets = {name: _plain_ref(item, k, ANGLE_DEFAULT_SCALE)
                     for name, keys in ANGLE_ASSET_KEYS.items() if (k := _asset_key(item, keys)) is not None}
+    quality = tuple((q, _plain_ref(item, k)) for q in sensor.quality
+                    if (k := _asset_key(item, q.stac_keys)) is not None)
     sza, saa, vza, vaa = scene_angles(item)
     if item.datetime is None:
         raise SceneError(f"item {item.id!r} has no datetime")
@@ -220,7 +242,18 @@ def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | N
         mask_kind=sensor.mask_asset if mask_key else None,
         saturation=_plain_ref(item, sat_key) if sat_key else None,
         sun_zenith=sza, sun_azimuth=saa, view_zenith=vza, view_azimuth=vaa, angle_assets=angle_assets,
+        quality=quality, water_test=not any(_flags_water(item, q) for q, _ in quality),
     )
+
+
+def _flags_water(item: pystac.Item, layer: QualityLayer) -> bool:
+    """Whether this item's copy of ``layer`` marks inland water (the product defines the flag)."""
+    if not layer.flags_water:
+        return False
+    if not layer.water_flag_if:
+        return True
+    props = {**item.properties, "collection": item.collection_id or ""}
+    return any(re.fullmatch(rx, str(props.get(k, ""))) for k, rx in layer.water_flag_if)
 
 
 # ---------------------------------------------------------------------------------------------------- discovery
