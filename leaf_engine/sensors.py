@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 
 ANGLE_INPUTS: tuple[str, ...] = ("cosVZA", "cosSZA", "cosRAA")
 """Angle inputs of every LEAF network set, in network order (angles come first in LEAF sets)."""
@@ -129,7 +130,8 @@ class Sensor:
     bands: tuple[Band, ...]
     dn_scale: float
     dn_offset: float
-    """Reflectance = DN·dn_scale + dn_offset for the Earth Engine collection (and STAC items lacking raster:bands)."""
+    """Reflectance = DN·dn_scale + dn_offset for the Earth Engine collection, for STAC items lacking raster:bands,
+    and (the offset) for items whose raster:bands state this scale but no offset (Landsat C2: −0.2)."""
     networks: dict[str, str] = field(default_factory=dict)
     """Shipped network set id per algorithm (``SL2P``, ``SL2P-CCRS``): the default sets, whose inputs are
     :attr:`bands`."""
@@ -148,6 +150,8 @@ class Sensor:
     """Further shipped sets per algorithm that this sensor supplies the inputs of (chosen with ``networks``)."""
     quality: tuple[QualityLayer, ...] = ()
     """The quality layers and their rules (see :class:`QualityLayer`)."""
+    boa_offset_from_baseline: bool = False
+    """Raw products carry the −1000 DN BOA offset from processing baseline 04.00 (Sentinel-2 L2A)."""
 
     @property
     def qc_value(self) -> int:
@@ -238,6 +242,7 @@ SENSORS: dict[str, Sensor] = {
             extra_bands=_S2_10M_EXTRA,
             other_networks={"SL2P": ("leaf_sl2p_s2_10m",), "SL2P-CCRS": ("leaf_sl2pccrs_s2_10m",)},
             quality=S2_QUALITY,
+            boa_offset_from_baseline=True,
         ),
         Sensor(
             "L5_SR",
@@ -318,6 +323,18 @@ S2_OFFSET_BASELINE = 4.0
 S2_BOA_OFFSET_DN = -1000
 """Sentinel-2 L2A from processing baseline 04.00 on: reflectance = (DN − 1000) / 10000 (ESA, Jan 2022).
 Earth Engine's harmonised collection has already removed it; raw L2A products (STAC catalogues) have not."""
+S2_OFFSET_SINCE = date(2022, 1, 25)
+"""First acquisitions processed with baseline 04.00 (ESA: deployed 25 January 2022; Earth Engine's
+S2_SR_HARMONIZED shifts scenes "with PROCESSING_BASELINE '04.00' or above (after 2022-01-25)"). Used when an
+item states no baseline in any known spelling."""
+S2_BASELINE_PROPERTIES: tuple[str, ...] = (
+    "s2:processing_baseline",  # Earth Search, Planetary Computer (stactools-sentinel2): "05.09"
+    "processing:version",  # Copernicus Data Space STAC (processing extension): "05.09"
+    "sentinel2:processing_baseline", "sentinel:processing_baseline",  # older catalogue spellings
+    "processingBaseline",  # Copernicus Data Space OData / OpenSearch attribute
+)
+S2_BASELINE_ID_PROPERTIES: tuple[str, ...] = ("s2:product_uri", "s2:datatake_id", "s2:datastrip_id", "id")
+"""Where the baseline is only part of a name: product URI ``..._N0509_...`` or datatake id ``..._N05.09``."""
 
 MERGED: dict[str, tuple[str, ...]] = {"LS_SR": ("L8_SR", "L9_SR")}
 """Request sensors that merge several collections; each observation keeps its own sensor code and networks."""

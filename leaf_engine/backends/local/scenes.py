@@ -8,6 +8,7 @@ Items without a quality asset are accepted: every pixel counts as clear unless i
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ from shapely.geometry import shape
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
 from ...sensors import (
+    S2_BASELINE_ID_PROPERTIES,
+    S2_BASELINE_PROPERTIES,
     S2_BOA_OFFSET_DN,
     S2_OFFSET_BASELINE,
+    S2_OFFSET_SINCE,
     SENSORS,
     WATER_TEST,
     QualityLayer,
@@ -149,12 +153,40 @@ def _raster_band(asset: pystac.Asset) -> dict[str, Any]:
     return bands[0] if bands else {}
 
 
-def _s2_baseline(item: pystac.Item) -> float | None:
-    raw = item.properties.get("s2:processing_baseline")
-    try:
-        return float(raw) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
+_BASELINE_IN_NAME = re.compile(r"_N(\d{2})\.?(\d{2})(?:_|$)")
+
+
+def _parse_baseline(raw: Any) -> float | None:
+    """``"05.09"`` / ``5.09`` / ``"N05.09"`` → 5.09; None for what is not a baseline (``"L3A (no BOA offset)"``)."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    m = re.fullmatch(r"\s*N?(\d{1,2})\.(\d{2})\s*", str(raw))
+    return float(f"{m.group(1)}.{m.group(2)}") if m else None
+
+
+def s2_baseline(item: pystac.Item) -> tuple[float | None, str]:
+    """The item's S2 processing baseline and where it was read (a property spelling, a name, or nothing)."""
+    p = item.properties
+    for key in S2_BASELINE_PROPERTIES:
+        if p.get(key) is not None and (b := _parse_baseline(p[key])) is not None:
+            return b, key
+    for key in S2_BASELINE_ID_PROPERTIES:
+        value = item.id if key == "id" else p.get(key)
+        if value and (m := _BASELINE_IN_NAME.search(str(value))):
+            return float(f"{m.group(1)}.{m.group(2)}"), key
+    return None, ""
+
+
+def has_boa_offset(item: pystac.Item, sensor: Sensor) -> bool:
+    """Whether the item's DN carry the −1000 BOA offset: its stated baseline ≥ 04.00, else (no baseline in any
+    known spelling) an acquisition on or after :data:`S2_OFFSET_SINCE`."""
+    if not sensor.boa_offset_from_baseline:
+        return False
+    baseline, _ = s2_baseline(item)
+    if baseline is not None:
+        return baseline >= S2_OFFSET_BASELINE
+    when = item.datetime or (item.common_metadata.start_datetime if item.common_metadata else None)
+    return when is not None and when.date() >= S2_OFFSET_SINCE
 
 
 def _cloud_cover(item: pystac.Item) -> float:
@@ -167,12 +199,15 @@ def reflectance_ref(item: pystac.Item, key: str, sensor: Sensor) -> AssetRef:
     asset = item.assets[key]
     rb = _raster_band(asset)
     if "scale" in rb or "offset" in rb:
-        scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+        scale = float(rb.get("scale", 1.0))
+        if "offset" in rb:
+            offset = float(rb["offset"])
+        else:  # a catalogue that states the scale only: the sensor's own offset goes with the sensor's own scale
+            offset = sensor.dn_offset if math.isclose(scale, sensor.dn_scale, rel_tol=1e-9) else 0.0
     else:
         scale, offset = sensor.dn_scale, sensor.dn_offset
-    # The S2 BOA offset applies unless the item states an offset itself (some catalogues give only the scale).
-    baseline = _s2_baseline(item)
-    if "offset" not in rb and sensor.id == "S2_SR" and baseline is not None and baseline >= S2_OFFSET_BASELINE:
+    # The S2 BOA offset applies unless the item states an offset itself (Earth Search states −0.1).
+    if "offset" not in rb and has_boa_offset(item, sensor):
         offset += S2_BOA_OFFSET_DN * scale
     nodata = rb.get("nodata")
     return AssetRef(asset.get_absolute_href() or asset.href, scale, offset,
