@@ -150,6 +150,9 @@ class Sensor:
     """Further shipped sets per algorithm that this sensor supplies the inputs of (chosen with ``networks``)."""
     quality: tuple[QualityLayer, ...] = ()
     """The quality layers and their rules (see :class:`QualityLayer`)."""
+    orbit_altitude_km: float = 0.0
+    """Mean orbit altitude: turns an item's ``view:off_nadir`` (at the sensor) into the view zenith (at the
+    ground) when it gives no incidence angle."""
     boa_offset_from_baseline: bool = False
     """Raw products carry the −1000 DN BOA offset from processing baseline 04.00 (Sentinel-2 L2A)."""
 
@@ -242,6 +245,7 @@ SENSORS: dict[str, Sensor] = {
             extra_bands=_S2_10M_EXTRA,
             other_networks={"SL2P": ("leaf_sl2p_s2_10m",), "SL2P-CCRS": ("leaf_sl2pccrs_s2_10m",)},
             quality=S2_QUALITY,
+            orbit_altitude_km=786.0,
             boa_offset_from_baseline=True,
         ),
         Sensor(
@@ -261,6 +265,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_radsat",
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
+            orbit_altitude_km=705.0,
         ),
         Sensor(
             "L7_SR",
@@ -279,6 +284,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_radsat",
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
+            orbit_altitude_km=705.0,
         ),
         Sensor(
             "L8_SR",
@@ -297,6 +303,7 @@ SENSORS: dict[str, Sensor] = {
             "qa_radsat",
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
+            orbit_altitude_km=705.0,
         ),
         Sensor(
             "L9_SR",
@@ -315,9 +322,21 @@ SENSORS: dict[str, Sensor] = {
             "qa_radsat",
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
+            orbit_altitude_km=705.0,
         ),
     )
 }
+
+EARTH_RADIUS_KM = 6371.0
+
+# Scene-mean view angles of STAC items, in the convention of the Earth Engine path (the B8A mean incidence angles
+# of the S2 metadata: zenith at the ground, azimuth of the line of sight from the ground towards the sensor).
+VIEW_ZENITH_PROPERTIES: tuple[str, ...] = (
+    "s2:mean_incidence_zenith_angle_b8a", "s2:mean_view_zenith", "view:incidence_angle")
+VIEW_AZIMUTH_PROPERTIES: tuple[str, ...] = ("s2:mean_incidence_azimuth_angle_b8a", "s2:mean_view_azimuth")
+STAC_VIEW_AZIMUTH = "view:azimuth"
+"""STAC view extension: "the angle measured from the sub-satellite point between the scene center and true north"
+— the direction from the sensor to the scene, so the ground-to-sensor azimuth is this + 180°."""
 
 S2_OFFSET_BASELINE = 4.0
 S2_BOA_OFFSET_DN = -1000

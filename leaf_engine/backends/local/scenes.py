@@ -22,12 +22,16 @@ from shapely.geometry import shape
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
 from ...sensors import (
+    EARTH_RADIUS_KM,
     S2_BASELINE_ID_PROPERTIES,
     S2_BASELINE_PROPERTIES,
     S2_BOA_OFFSET_DN,
     S2_OFFSET_BASELINE,
     S2_OFFSET_SINCE,
     SENSORS,
+    STAC_VIEW_AZIMUTH,
+    VIEW_AZIMUTH_PROPERTIES,
+    VIEW_ZENITH_PROPERTIES,
     WATER_TEST,
     QualityLayer,
     Sensor,
@@ -229,12 +233,15 @@ def _angle(props: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
-def scene_angles(item: pystac.Item) -> tuple[float, float, float, float]:
-    """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties.
+def scene_angles(item: pystac.Item, sensor: Sensor | None = None) -> tuple[float, float, float, float]:
+    """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties, in the
+    Earth Engine path's convention (see ``sensors.VIEW_ZENITH_PROPERTIES``).
 
     Sun: ``view:sun_elevation``/``view:sun_azimuth`` or ``s2:mean_solar_zenith``/``_azimuth`` (required).
-    View: ``view:incidence_angle`` (else ``view:off_nadir``, ``s2:mean_view_zenith``) and ``view:azimuth``;
-    nadir (0, 0) when absent, which is what Landsat and most S2 catalogues imply.
+    View zenith: the S2 mean incidence zenith, else ``view:incidence_angle``, else ``view:off_nadir`` turned into
+    the zenith at the ground (spherical Earth, the sensor's orbit altitude); nadir (0) when absent.
+    View azimuth: the S2 mean incidence azimuth, else ``view:azimuth`` + 180° (STAC measures it from the
+    sub-satellite point towards the scene); 0 when absent.
     """
     p = item.properties
     elev = _angle(p, "view:sun_elevation")
@@ -243,9 +250,15 @@ def scene_angles(item: pystac.Item) -> tuple[float, float, float, float]:
     if sza is None or saa is None:
         raise SceneError(f"item {item.id!r} has no sun angles: add view:sun_elevation and view:sun_azimuth "
                          "(or s2:mean_solar_zenith/azimuth) to its properties")
-    vza = _angle(p, "view:incidence_angle", "view:off_nadir", "s2:mean_view_zenith") or 0.0
-    vaa = _angle(p, "view:azimuth", "s2:mean_view_azimuth") or 0.0
-    return sza, saa, vza, vaa
+    vza = _angle(p, *VIEW_ZENITH_PROPERTIES)
+    off_nadir = _angle(p, "view:off_nadir")
+    if vza is None and off_nadir is not None:
+        ratio = 1.0 + (sensor.orbit_altitude_km if sensor else 0.0) / EARTH_RADIUS_KM
+        vza = math.degrees(math.asin(min(1.0, ratio * math.sin(math.radians(off_nadir)))))
+    vaa = _angle(p, *VIEW_AZIMUTH_PROPERTIES)
+    if vaa is None and (stac_azimuth := _angle(p, STAC_VIEW_AZIMUTH)) is not None:
+        vaa = (stac_azimuth + 180.0) % 360.0
+    return sza, saa, vza or 0.0, vaa or 0.0
 
 
 def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | None = None) -> Scene:
@@ -267,7 +280,7 @@ def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | N
                     for name, keys in ANGLE_ASSET_KEYS.items() if (k := _asset_key(item, keys)) is not None}
     quality = tuple((q, _plain_ref(item, k)) for q in sensor.quality
                     if (k := _asset_key(item, q.stac_keys)) is not None)
-    sza, saa, vza, vaa = scene_angles(item)
+    sza, saa, vza, vaa = scene_angles(item, sensor)
     if item.datetime is None:
         raise SceneError(f"item {item.id!r} has no datetime")
     return Scene(
