@@ -5,6 +5,7 @@ Everything else (request validation, the local and Earth Engine backends, QC ass
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -155,6 +156,16 @@ class Sensor:
     ground) when it gives no incidence angle."""
     boa_offset_from_baseline: bool = False
     """Raw products carry the −1000 DN BOA offset from processing baseline 04.00 (Sentinel-2 L2A)."""
+    cloud_property: str = ""
+    """Earth Engine scene property with the scene cloud cover in percent (the compositing score's cloud term)."""
+    angle_source: str = ""
+    """Where the Earth Engine path takes the sun/view geometry: ``toa_angle_bands`` (the joined C2 TOA scene's
+    per-pixel SAA/SZA/VAA/VZA bands) or ``scene_metadata`` (the S2 mean angle properties)."""
+    platforms: tuple[str, ...] = ()
+    """STAC ``platform`` values of this sensor, normalised (lower case, no ``-``/``_``/space): ``sentinel2a``."""
+    stac_collections: tuple[str, ...] = ()
+    """Collection ids of the public STAC catalogues (Earth Search, Planetary Computer, Copernicus Data Space)
+    that hold this sensor's products (shared by several Landsat sensors: ``platform`` tells them apart)."""
 
     @property
     def qc_value(self) -> int:
@@ -247,6 +258,10 @@ SENSORS: dict[str, Sensor] = {
             quality=S2_QUALITY,
             orbit_altitude_km=786.0,
             boa_offset_from_baseline=True,
+            cloud_property="CLOUDY_PIXEL_PERCENTAGE",
+            angle_source="scene_metadata",
+            platforms=("sentinel2", "sentinel2a", "sentinel2b", "sentinel2c"),
+            stac_collections=("sentinel-2-l2a", "sentinel-2-c1-l2a"),
         ),
         Sensor(
             "L5_SR",
@@ -266,6 +281,10 @@ SENSORS: dict[str, Sensor] = {
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
             orbit_altitude_km=705.0,
+            cloud_property="CLOUD_COVER",
+            angle_source="toa_angle_bands",
+            platforms=("landsat5", "landsat05"),
+            stac_collections=("landsat-c2-l2",),
         ),
         Sensor(
             "L7_SR",
@@ -285,6 +304,10 @@ SENSORS: dict[str, Sensor] = {
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
             orbit_altitude_km=705.0,
+            cloud_property="CLOUD_COVER",
+            angle_source="toa_angle_bands",
+            platforms=("landsat7", "landsat07"),
+            stac_collections=("landsat-c2-l2",),
         ),
         Sensor(
             "L8_SR",
@@ -304,6 +327,10 @@ SENSORS: dict[str, Sensor] = {
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
             orbit_altitude_km=705.0,
+            cloud_property="CLOUD_COVER",
+            angle_source="toa_angle_bands",
+            platforms=("landsat8", "landsat08"),
+            stac_collections=("landsat-c2-l2",),
         ),
         Sensor(
             "L9_SR",
@@ -323,6 +350,10 @@ SENSORS: dict[str, Sensor] = {
             "QA_RADSAT",
             quality=LANDSAT_QUALITY,
             orbit_altitude_km=705.0,
+            cloud_property="CLOUD_COVER",
+            angle_source="toa_angle_bands",
+            platforms=("landsat9", "landsat09"),
+            stac_collections=("landsat-c2-l2",),
         ),
     )
 }
@@ -425,6 +456,29 @@ def extra_network_sets(sensor: Sensor) -> Iterator[tuple[str, str]]:
     for algorithm, ids in sensor.other_networks.items():
         for set_id in ids:
             yield set_id, algorithm
+
+
+def normalised_platform(value: str) -> str:
+    return re.sub(r"[-_ ]", "", value.lower())
+
+
+def sensor_for_platform(platform: str | None, collection: str | None = None) -> Sensor | None:
+    """The LEAF sensor of a STAC item from its ``platform`` (``sentinel-2a``, ``Sentinel-2B``, ``landsat-8``…),
+    else its collection id when that names one sensor (or starts with a platform, e.g. ``sentinel-2-l2a``)."""
+    if platform:
+        key = normalised_platform(platform)
+        for s in SENSORS.values():
+            if key in s.platforms:
+                return s
+    if collection:
+        owners = [s for s in SENSORS.values() if collection in s.stac_collections]
+        if len(owners) == 1:
+            return owners[0]
+        key = normalised_platform(collection)
+        for s in SENSORS.values():
+            if any(key.startswith(p) for p in s.platforms):
+                return s
+    return None
 
 
 def sensor_by_qc_code(code: int) -> Sensor:

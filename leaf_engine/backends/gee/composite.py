@@ -82,7 +82,7 @@ def observations(sensor: Sensor, geometry: Any, start: date, end: date,
                  inputs: Sequence[str] | None = None) -> Any:
     """Every clear observation of one sensor in the window."""
     col = collections.scenes(sensor, geometry, start, end)
-    if sensor.is_landsat:
+    if sensor.ee_toa_collection:  # per-pixel angles come from the matching TOA scene
         col = collections.with_toa(col, sensor, geometry, start, end)
     return col.map(lambda img: observation(img, sensor, start, end, inputs))
 

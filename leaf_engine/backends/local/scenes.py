@@ -28,7 +28,6 @@ from ...sensors import (
     S2_BOA_OFFSET_DN,
     S2_OFFSET_BASELINE,
     S2_OFFSET_SINCE,
-    SENSORS,
     STAC_VIEW_AZIMUTH,
     VIEW_AZIMUTH_PROPERTIES,
     VIEW_ZENITH_PROPERTIES,
@@ -36,6 +35,7 @@ from ...sensors import (
     QualityLayer,
     Sensor,
     members,
+    sensor_for_platform,
 )
 
 ANGLE_ASSET_KEYS: dict[str, tuple[str, ...]] = {
@@ -129,14 +129,8 @@ def load_items(source: str) -> list[pystac.Item]:
 
 
 def sensor_of_item(item: pystac.Item) -> Sensor | None:
-    """The LEAF sensor of an item from its ``platform`` (``sentinel-2a``, ``landsat-8``…) or collection id."""
-    platform = str(item.properties.get("platform") or item.collection_id or "").lower()
-    if platform.startswith("sentinel-2") or platform.startswith("sentinel2"):
-        return SENSORS["S2_SR"]
-    m = re.match(r"landsat[-_ ]?0?(\d)", platform)
-    if m and f"L{m.group(1)}_SR" in SENSORS:
-        return SENSORS[f"L{m.group(1)}_SR"]
-    return None
+    """The LEAF sensor of an item from its ``platform`` or collection id (sensor facts: ``Sensor.platforms``)."""
+    return sensor_for_platform(str(item.properties.get("platform") or ""), item.collection_id)
 
 
 def _asset_key(item: pystac.Item, keys: Iterable[str], common_name: str | None = None) -> str | None:
