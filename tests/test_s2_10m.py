@@ -133,3 +133,42 @@ def test_bouconne_at_10m_with_the_10m_networks(tmp_path: Path) -> None:
     # Measured: the 4-band 10 m set gives this forest a higher LAI than the 8-band 20 m set (about 5.2 vs 3.35).
     assert 2.5 < out[20] < 4.5 and 2.5 < out[10] < 7.0, out
     shutil.rmtree(tmp_path / "out")
+
+
+@pytest.mark.parametrize(("set_id", "tokens"), [
+    ("leaf_sl2p_s2_10m", ("LAI", "fCOVER", "fAPAR", "Albedo", "LAIunc", "QC")),
+    ("leaf_sl2pccrs_s2_10m", ("LAI", "fAPAR", "LAIunc", "QC")),
+])
+def test_the_earth_engine_graph_equals_the_local_engine_for_the_10m_sets(ee_standin, set_id: str, tokens) -> None:
+    """The executor-equality check of tests/test_gee_sl2p_graph.py, for the 10 m sets: estimates to 1e-6, QC and
+    DNs exactly."""
+    from leaf_engine.backends.gee import sl2p_graph
+    from tests.test_gee_sl2p_graph import SHAPE, _inputs, _local
+
+    session.initialize("leaf-test")
+    import ee
+
+    nets = load_network_set(set_id)
+    rng = np.random.default_rng(10)
+    inputs = _inputs(nets, rng)
+    valid = rng.random(SHAPE) > 0.2
+    code = np.full(SHAPE, 21, np.uint8)
+    landcover = rng.choice([0, *range(1, 20), 42], SHAPE) if nets.is_ccrs else None
+    images = {"leaf/inputs": Img.from_arrays(inputs, mask=valid),
+              "leaf/valid": Img.from_arrays({"valid": valid.astype(float)}),
+              "leaf/code": Img.from_arrays({"sensor_code": code}),
+              "leaf/landcover": Img.from_arrays({"landcover": landcover if landcover is not None
+                                                 else np.zeros(SHAPE)})}
+    lc = ee.Image("leaf/landcover") if nets.is_ccrs else None
+    graph = sl2p_graph.products_image(ee.Image("leaf/inputs"), {21: nets}, tokens, valid=ee.Image("leaf/valid"),
+                                      sensor_code=ee.Image("leaf/code"), landcover=lc)
+    est = evaluate(sl2p_graph.estimates_image(ee.Image("leaf/inputs"), nets, [t for t in tokens if t in
+                                              products.BIOPHYSICAL], uncertainty=True, landcover=lc), images)
+    got = evaluate(graph, images)
+    values, _, domain, want = _local({21: nets}, inputs, tokens, valid, code, landcover)
+    for v, arr in values.items():
+        np.testing.assert_allclose(est.array(v)[valid], arr[valid], rtol=0, atol=1e-6, err_msg=v)
+    for t in tokens:
+        np.testing.assert_array_equal(got.array(t).astype(products.product(t).dtype), want[t], err_msg=t)
+    if nets.domain is not None:
+        assert 0 < domain[valid].mean() < 1
