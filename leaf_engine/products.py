@@ -51,7 +51,9 @@ PRODUCTS: dict[str, Product] = {
         Product(
             "fAPAR", "1", 200.0, "uint8", 255, (0.0, 1.0), "fraction of absorbed photosynthetically active radiation"
         ),
-        Product("Albedo", "1", 200.0, "uint8", 255, (0.0, 1.0), "surface albedo"),
+        # SL2P's albedo network estimates black-sky albedo (LEAF-Toolbox: "Black sky albedo at 10:30 local time"),
+        # the directional-hemispherical reflectance at the sun angle, not a blue- or white-sky surface albedo.
+        Product("Albedo", "1", 200.0, "uint8", 255, (0.0, 1.0), "black-sky albedo (directional-hemispherical)"),
         Product(
             "QC",
             "bit field",

@@ -580,6 +580,8 @@ class _Validator:
                     algorithm,
                     f"no SL2P-CCRS networks are shipped for {', '.join(missing)}: use SL2P or give 'networks'",
                 )
+        if sensor and "networks" in self.v and (problem := sensors.network_set_problem(sensor, self.v["networks"])):
+            self.bad("networks", self.v["networks"], problem)
         if "landcover" in self.v and algorithm != "SL2P-CCRS":
             self.warnings.append("landcover is only used by algorithm SL2P-CCRS; ignored")
         if self.v.pop("_wants_partition", False) and algorithm != "SL2P-CCRS":

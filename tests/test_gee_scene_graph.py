@@ -125,7 +125,7 @@ def test_collections_filters_and_landsat_toa_join(ee_client) -> None:
     l8 = sensors.SENSORS["L8_SR"]
     text = _graph_text(composite.best_pixel(sensors.members("LS_SR"), geom, date(2020, 7, 1), date(2020, 7, 31)))
     for needle in ("LANDSAT/LC08/C02/T1_L2", "LANDSAT/LC09/C02/T1_L2", "LANDSAT/LC08/C02/T1_TOA",
-                   "LANDSAT/LC09/C02/T1_TOA", "CLOUD_COVER", "system:index", "ImageCollection.qualityMosaic",
+                   "LANDSAT/LC09/C02/T1_TOA", "CLOUD_COVER", "system:index", "ImageCollection.mosaic", "reduce.max",
                    "QA_PIXEL", "QA_RADSAT", '"VZA"', '"SAA"'):
         assert needle in text, needle
     # Inclusive window: filterDate's exclusive end is the day after the window's last day.

@@ -11,9 +11,9 @@ from leaf_engine.sensors import QA_PIXEL_INVALID_BITS, SCL_INVALID_CLASSES, VALI
 def test_every_scl_class():
     classes = np.arange(12)
     got = scl_invalid(classes)
-    # 2 dark area, 4 vegetation, 5 bare soil, 7 unclassified are the clear classes (as on Earth Engine).
-    assert [int(c) for c in classes[~got]] == [2, 4, 5, 7]
-    assert {int(c) for c in classes[got]} == set(SCL_INVALID_CLASSES)
+    # 4 vegetation and 5 not vegetated are the clear classes (LEAF-Toolbox S2MaskLand; as on Earth Engine).
+    assert [int(c) for c in classes[~got]] == [4, 5]
+    assert {int(c) for c in classes[got]} == set(SCL_INVALID_CLASSES) & set(range(12))
 
 
 def test_each_qa_pixel_bit():

@@ -27,7 +27,7 @@ TOA_PROPERTY = "leaf_toa"
 
 
 def cloud_property(sensor: Sensor) -> str:
-    return LANDSAT_CLOUD_PROPERTY if sensor.is_landsat else S2_CLOUD_PROPERTY
+    return sensor.cloud_property
 
 
 def scenes(sensor: Sensor, geometry: Any, start: date, end: date,
@@ -79,5 +79,9 @@ def s2_angles(img: Any) -> Any:
     return angle_cosines(p["vza"], p["sza"], p["saa"], p["vaa"])
 
 
+ANGLE_SOURCES = {"toa_angle_bands": landsat_angles, "scene_metadata": s2_angles}
+"""``Sensor.angle_source`` → the graph that builds the angle cosines."""
+
+
 def angles(img: Any, sensor: Sensor) -> Any:
-    return landsat_angles(img) if sensor.is_landsat else s2_angles(img)
+    return ANGLE_SOURCES[sensor.angle_source](img)

@@ -9,6 +9,7 @@ chosen observation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -23,7 +24,7 @@ SENSOR_CODE = "sensor_code"
 
 
 def _band_named(sensor: Sensor, common: str) -> str:
-    return next(b.net_input for b in sensor.bands if b.common_name == common)
+    return next(b.net_input for b in sensor.supplied_bands if b.common_name == common)
 
 
 def spectral_term(refl: Any, sensor: Sensor) -> Any:
@@ -60,29 +61,50 @@ def score_image(refl: Any, img: Any, sensor: Sensor, start: date, end: date) -> 
             .rename(SCORE))
 
 
-def observation(img: Any, sensor: Sensor, start: date, end: date) -> Any:
-    """One scene as an observation: network inputs, score, day of year and sensor code, masked to clear pixels."""
+def observation(img: Any, sensor: Sensor, start: date, end: date, inputs: Sequence[str] | None = None) -> Any:
+    """One scene as an observation: network inputs, score, day of year and sensor code, masked to clear pixels.
+
+    ``inputs``: the network set's inputs (None: the sensor's default sets'), as :meth:`Sensor.bands_for` reads."""
     import ee
 
-    refl = masks.reflectance(img, sensor)
+    refl = masks.reflectance(img, sensor, inputs)
     doy = ee.Date(img.get("system:time_start")).getRelative("day", "year").add(1)
-    return (ee.Image.cat([
+    obs = ee.Image.cat([
         collections.angles(img, sensor), refl, score_image(refl, img, sensor, start, end),
         ee.Image.constant(doy).toDouble().rename(DOY), ee.Image.constant(sensor.qc_code).toDouble().rename(SENSOR_CODE),
-    ]).updateMask(masks.clear(img, sensor)).set("system:time_start", img.get("system:time_start")))
+    ]).updateMask(masks.clear(img, sensor, inputs))
+    # One mask for the whole observation (a pixel lacking any band is no observation, as locally), so the
+    # band-by-band mosaic below never mixes two scenes in one pixel.
+    return obs.updateMask(obs.mask().reduce(ee.Reducer.min())).set("system:time_start", img.get("system:time_start"))
 
 
-def observations(sensor: Sensor, geometry: Any, start: date, end: date) -> Any:
+def observations(sensor: Sensor, geometry: Any, start: date, end: date,
+                 inputs: Sequence[str] | None = None) -> Any:
     """Every clear observation of one sensor in the window."""
     col = collections.scenes(sensor, geometry, start, end)
-    if sensor.is_landsat:
+    if sensor.ee_toa_collection:  # per-pixel angles come from the matching TOA scene
         col = collections.with_toa(col, sensor, geometry, start, end)
-    return col.map(lambda img: observation(img, sensor, start, end))
+    return col.map(lambda img: observation(img, sensor, start, end, inputs))
 
 
-def best_pixel(members: tuple[Sensor, ...], geometry: Any, start: date, end: date) -> Any:
-    """Per pixel the observation with the highest score over all member sensors."""
-    col = observations(members[0], geometry, start, end)
+def best_pixel(members: tuple[Sensor, ...], geometry: Any, start: date, end: date,
+               inputs: Mapping[str, Sequence[str]] | None = None) -> Any:
+    """Per pixel the observation with the highest score over all member sensors (``inputs``: each member's
+    network set inputs by sensor id; default: its default sets')."""
+    inputs = inputs or {}
+    col = observations(members[0], geometry, start, end, inputs.get(members[0].id))
     for s in members[1:]:
-        col = col.merge(observations(s, geometry, start, end))
-    return col.sort("system:time_start").qualityMosaic(SCORE)
+        col = col.merge(observations(s, geometry, start, end, inputs.get(s.id)))
+    return best_of(col)
+
+
+def best_of(col: Any) -> Any:
+    """Per pixel the observation with the highest score; among equal scores the earliest, as the local engine.
+
+    ``qualityMosaic`` does not document which image wins a tie, so the rule is built from documented parts: each
+    observation is masked to the pixels where its score equals the maximum (``reduce.max``), and ``mosaic``, which
+    puts later images on top, runs over the collection sorted latest first, so the earliest tied one wins.
+    """
+    best = col.select([SCORE]).max()
+    tied = col.map(lambda img: img.updateMask(img.select(SCORE).eq(best)))
+    return tied.sort("system:time_start", False).mosaic()

@@ -19,21 +19,31 @@ def region_geometry(job: Any) -> Any:
 
 
 def network_sets(job: Any) -> dict[int, NetworkSet]:
-    """Network set per member sensor code (the request's own file when it names one)."""
-    return {s.qc_code: load_network_set(job.network_set(s.id)) for s in sensors.members(job.sensor)}
+    """Network set per member sensor code (the request's own file when it names one); each set's inputs must be
+    supplied by its sensor (:func:`leaf_engine.sensors.require_network_inputs`)."""
+    out = {}
+    for s in sensors.members(job.sensor):
+        nets = load_network_set(job.network_set(s.id))
+        sensors.require_network_inputs(s.id, nets.set_id, nets.inputs)
+        out[s.qc_code] = nets
+    return out
 
 
 def job_image(job: Any) -> Any:
     """One image whose bands are the job's product tokens (``LAI``, ``QC``, ``Date`` ...), each encoded."""
     members = sensors.members(job.sensor)
     geometry = region_geometry(job)
-    comp = composite.best_pixel(members, geometry, job.start, job.end)
+    nets = network_sets(job)
+    comp = composite.best_pixel(members, geometry, job.start, job.end,
+                                {s.id: nets[s.qc_code].inputs for s in members})
     code_band = comp.select(composite.SENSOR_CODE)
     valid = code_band.mask().gt(0)
+    # unmask(..., False) below and in sl2p_graph: fill past the composite's footprint (no scene at all there),
+    # so such pixels get "invalid" QC and nodata products as locally, instead of staying masked.
     lc = landcover.landcover_image() if job.algorithm == "SL2P-CCRS" else None
     img = sl2p_graph.products_image(
-        comp, network_sets(job), job.products, valid=valid,
-        sensor_code=code_band.unmask(members[0].qc_code), landcover=lc, date=comp.select(composite.DOY),
+        comp, nets, job.products, valid=valid,
+        sensor_code=code_band.unmask(members[0].qc_code, False), landcover=lc, date=comp.select(composite.DOY),
     )
     # Custom polygons: pixels of the export rectangle outside the polygon are no data.
     return img if job.region.tile is not None else img.clip(geometry)

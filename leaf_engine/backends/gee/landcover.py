@@ -1,4 +1,5 @@
-"""Land-cover partition for SL2P-CCRS: NALCMS 2020, filled by Copernicus Global Land Cover 100 m where absent.
+"""Land-cover partition for SL2P-CCRS: NALCMS 2020, filled by Copernicus Global Land Cover 100 m where absent
+(inside NALCMS's footprint where it has no data, and everywhere outside it).
 
 Copernicus classes are mapped to the nearest NALCMS class (1–19) so one partition table serves both.
 """
@@ -35,4 +36,8 @@ def landcover_image() -> Any:
     nalcms = ee.Image(NALCMS_IMAGE).select(NALCMS_BAND).selfMask()
     src = list(COPERNICUS_TO_NALCMS)
     cgls = ee.Image(COPERNICUS_IMAGE).select(COPERNICUS_BAND).remap(src, [COPERNICUS_TO_NALCMS[c] for c in src])
-    return nalcms.unmask(cgls).rename("landcover")
+    # sameFootprint=False: the fill must extend past NALCMS's footprint (North America). With the default (true)
+    # ``unmask`` keeps the input's footprint, so every pixel outside it stays masked (Earth Engine's algorithm list,
+    # Image.unmask: "If false, the footprint of the output is the union of the input footprint with the footprint
+    # of the value image").
+    return nalcms.unmask(cgls, False).rename("landcover")

@@ -1,65 +1,83 @@
 """Clear-sky masks and reflectance scaling of one scene, as Earth Engine graphs.
 
-The classes and bits that make an observation invalid come from :mod:`leaf_engine.sensors`:
-Sentinel-2 SCL classes plus QA60 opaque/cirrus bits (or the MSK_CLASSI bands that replace QA60 in newer
-processing baselines); Landsat QA_PIXEL fill/dilated cloud/cirrus/cloud/shadow/snow/water and QA_RADSAT.
+The classes and bits that make an observation invalid are the sensor's quality layers in
+:mod:`leaf_engine.sensors` (the LEAF-Toolbox rules): Sentinel-2 SCL classes 4/5 kept, QA60 opaque/cirrus bits and
+the MSK_CLASSI bands that replace QA60 in newer processing baselines (both where present); Landsat QA_PIXEL
+fill/dilated cloud/cirrus/cloud/shadow/snow/water and QA_RADSAT.
 Reflectance outside :data:`leaf_engine.sensors.VALID_REFLECTANCE` is invalid too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ... import sensors
-from ...sensors import Sensor
+from ...sensors import QualityLayer, Sensor
 
-S2_CLASSI_BANDS = ("MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS")
-"""Cloud classification bands of S2 baseline ≥ 04.00 products, present where QA60 is no longer filled."""
+S2_CLASSI_BANDS = sensors.S2_CLASSI_BANDS
 
 
-def reflectance(img: Any, sensor: Sensor) -> Any:
-    """The sensor's spectral bands as 0–1 reflectance, renamed to the networks' input names (double)."""
-    dn = img.select([b.ee_band for b in sensor.bands], list(sensor.band_names()))
+def reflectance(img: Any, sensor: Sensor, inputs: Sequence[str] | None = None) -> Any:
+    """The bands a job reads (:meth:`Sensor.bands_for` of the set's ``inputs``) as 0–1 reflectance, renamed to
+    the networks' input names (double)."""
+    bands = sensor.bands_for(inputs)
+    dn = img.select([b.ee_band for b in bands], [b.net_input for b in bands])
     return dn.toDouble().multiply(sensor.dn_scale).add(sensor.dn_offset)
 
 
+def layer_clear(img: Any, layer: QualityLayer) -> Any:
+    """1 where one quality layer (a fact of :mod:`leaf_engine.sensors`) flags nothing.
+
+    An optional layer that the scene lacks flags nothing, and its masked pixels flag nothing (QA60 is empty in
+    scenes since 2022, and absent from some); the local engine applies the same fallback."""
+    import ee
+
+    def rule(band: Any) -> Any:
+        if layer.clear_classes is not None:
+            classes = list(range(256))
+            return band.remap(classes, [1 if c in layer.clear_classes else 0 for c in classes], 0)
+        if layer.invalid_bits:
+            return band.bitwiseAnd(sum(1 << b for b in layer.invalid_bits)).eq(0)
+        return band.eq(0)  # any_nonzero
+
+    if not layer.optional:
+        return rule(img.select(layer.band))
+    return ee.Image(ee.Algorithms.If(img.bandNames().contains(layer.band),
+                                     rule(img.select(layer.band).unmask(0)), ee.Image.constant(1)))
+
+
+def quality_clear(img: Any, sensor: Sensor) -> Any:
+    """1 where none of the sensor's quality layers flags the pixel."""
+    out = None
+    for layer in sensor.quality:
+        ok = layer_clear(img, layer)
+        out = ok if out is None else out.And(ok)
+    return out
+
+
+def _layer(sensor_id: str, band: str) -> QualityLayer:
+    return next(q for q in sensors.SENSORS[sensor_id].quality if q.band == band)
+
+
 def s2_scl_clear(img: Any) -> Any:
-    """1 where the scene classification (SCL) class is not an invalid one."""
-    classes = list(range(256))
-    return img.select("SCL").remap(classes, [0 if c in sensors.SCL_INVALID_CLASSES else 1 for c in classes], 0)
+    """1 where the scene classification (SCL) class is a clear one (4, 5)."""
+    return layer_clear(img, _layer("S2_SR", "SCL"))
 
 
 def s2_qa60_clear(img: Any) -> Any:
-    """1 where QA60 flags neither opaque cloud nor cirrus. QA60 is empty (masked) in scenes since 2022 and absent
-    from some: masked or missing counts as "no flag", else those scenes would lose every pixel."""
-    import ee
-
-    bits = sum(1 << b for b in sensors.S2_QA60_INVALID_BITS)
-    has_qa60 = img.bandNames().contains("QA60")
-    return ee.Image(ee.Algorithms.If(
-        has_qa60, img.select("QA60").unmask(0).bitwiseAnd(bits).eq(0), ee.Image.constant(1)))
-
-
-def s2_classi_clear(img: Any) -> Any:
-    """1 where the MSK_CLASSI cloud bands (baseline ≥ 04.00) flag nothing; 1 everywhere for scenes without them."""
-    import ee
-
-    has_classi = img.bandNames().containsAll(list(S2_CLASSI_BANDS))
-    return ee.Image(ee.Algorithms.If(
-        has_classi, img.select(list(S2_CLASSI_BANDS)).unmask(0).reduce(ee.Reducer.max()).eq(0),
-        ee.Image.constant(1)))
+    """1 where QA60 flags neither opaque cloud nor cirrus (masked or missing QA60 flags nothing)."""
+    return layer_clear(img, _layer("S2_SR", "QA60"))
 
 
 def s2_clear(img: Any) -> Any:
     """1 where a Sentinel-2 pixel is clear: SCL class valid, QA60 and MSK_CLASSI show no cloud or cirrus."""
-    return s2_scl_clear(img).And(s2_qa60_clear(img)).And(s2_classi_clear(img))
+    return quality_clear(img, sensors.SENSORS["S2_SR"])
 
 
 def landsat_clear(img: Any, sensor: Sensor) -> Any:
     """1 where a Landsat C2 L2 pixel is clear: no QA_PIXEL invalid flag and no saturated band (QA_RADSAT)."""
-    qa_ok = img.select("QA_PIXEL").bitwiseAnd(sensors.qa_pixel_invalid_mask()).eq(0)
-    radsat_ok = img.select(sensor.saturation_band).eq(0)
-    return qa_ok.And(radsat_ok)
+    return quality_clear(img, sensor)
 
 
 def reflectance_ok(refl: Any) -> Any:
@@ -70,7 +88,6 @@ def reflectance_ok(refl: Any) -> Any:
     return refl.gte(lo).And(refl.lte(hi)).reduce(ee.Reducer.min())
 
 
-def clear(img: Any, sensor: Sensor) -> Any:
-    """The full validity test of one scene: quality layer and reflectance range."""
-    quality = landsat_clear(img, sensor) if sensor.is_landsat else s2_clear(img)
-    return quality.And(reflectance_ok(reflectance(img, sensor)))
+def clear(img: Any, sensor: Sensor, inputs: Sequence[str] | None = None) -> Any:
+    """The full validity test of one scene: quality layer and the range of every band the job reads."""
+    return quality_clear(img, sensor).And(reflectance_ok(reflectance(img, sensor, inputs)))

@@ -136,7 +136,7 @@ def encode_image(values: Any, product: str, valid: Any) -> Any:
     """DN of one product: round(v·scale) clamped to 0..max DN, nodata where not ``valid`` or masked."""
     p = products.product(product)
     dn = values.multiply(p.scale).round().clamp(0, p.max_dn)
-    dn = dn.unmask(p.nodata).where(valid.unmask(0).Not(), p.nodata)
+    dn = dn.unmask(p.nodata, False).where(valid.unmask(0, False).Not(), p.nodata)
     return cast_to(dn, p.dtype).rename(product)
 
 
@@ -148,9 +148,9 @@ def cast_to(img: Any, dtype: str) -> Any:
 
 def qc_image(domain: Any, out_of_range: Any, valid: Any, sensor_code: Any) -> Any:
     """The QC byte: flags of valid pixels; bit 2 alone (plus the sensor code) where there is no valid input."""
-    ok = valid.unmask(0)
-    flags = (domain.unmask(0).multiply(products.QC_INPUT_OUT_OF_DOMAIN)
-             .add(out_of_range.unmask(0).multiply(products.QC_OUTPUT_OUT_OF_RANGE))
+    ok = valid.unmask(0, False)  # sameFootprint=False: defined wherever the export is, not only where scenes are
+    flags = (domain.unmask(0, False).multiply(products.QC_INPUT_OUT_OF_DOMAIN)
+             .add(out_of_range.unmask(0, False).multiply(products.QC_OUTPUT_OUT_OF_RANGE))
              .multiply(ok))
     invalid = ok.Not().multiply(products.QC_INVALID)
     code = sensor_code.multiply(2**products.QC_SENSOR_SHIFT)
@@ -193,5 +193,5 @@ def products_image(inputs: Any, nets_by_code: dict[int, NetworkSet], product_tok
 
 def _ancillary(img: Any, product: str, valid: Any) -> Any:
     p = products.product(product)
-    out = img.unmask(p.nodata).where(valid.unmask(0).Not(), p.nodata)
+    out = img.unmask(p.nodata, False).where(valid.unmask(0, False).Not(), p.nodata)
     return cast_to(out, p.dtype).rename(product)

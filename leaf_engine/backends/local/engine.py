@@ -21,6 +21,7 @@ from ...errors import LeafError
 from ...sensors import members
 from ...sl2p import load_network_set
 from .executors import BlockExecutor, make_executor
+from .masks import describe_masks
 from .pipeline import JobSpec, process_block
 from .quicklook import quicklooks_enabled, write_quicklooks
 from .scenes import AssetRef, Scene, discover
@@ -160,13 +161,15 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     """Discover, composite, estimate and write one job; returns what it did."""
     t0 = time.perf_counter()
     gbox = job.geobox()
-    scenes = discover(scenes_source, req.sensor, job.region.geometry, job.start, job.end) if scenes_source else []
+    inputs = {s.id: load_network_set(req.network_set(s.id)).inputs for s in members(req.sensor)}
+    scenes = discover(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
+                      inputs=inputs) if scenes_source else []
     summary = JobSummary(job.job_id, [s.id for s in scenes], gbox.width, gbox.height)
     spec = job_spec(req, job, scenes, gbox, landcover)
     names = {n.product: n for n in job.output_names()}
     tags = JobTags(req.request_id, req.sensor, req.algorithm,
                    ",".join(f"{k}:{v.set_id}" for k, v in spec.nets.items()), job.region.name, job.period,
-                   job.start.isoformat(), job.end.isoformat(), len(scenes))
+                   job.start.isoformat(), job.end.isoformat(), len(scenes), describe_masks(scenes))
     folder = tmp / job.job_id
     outputs = OutputSet(folder, {p: n.stem for p, n in names.items()}, gbox, tags)
     todo = blocks(gbox, block_size)

@@ -18,7 +18,7 @@ from rasterio.features import geometry_mask
 from ... import composite, products
 from ...sensors import ANGLE_INPUTS, SENSORS
 from ...sl2p import NetworkSet, estimate
-from .masks import quality_invalid, reflectance_invalid, saturation_invalid
+from .masks import quality_clear, reflectance_invalid, water_invalid
 from .reading import read_many, read_scaled, read_warped, scaled
 from .scenes import AssetRef, Scene
 
@@ -51,7 +51,7 @@ class JobSpec:
 
 def band_order(spec: JobSpec) -> tuple[str, ...]:
     """Reflectance inputs shared by every member sensor (the merged LS_SR sensors share their band names)."""
-    return spec.scenes[0].sensor.band_names() if spec.scenes else ()
+    return tuple(spec.scenes[0].bands) if spec.scenes else ()
 
 
 def _inside_region(spec: JobSpec, gbox: GeoBox) -> np.ndarray:
@@ -108,26 +108,21 @@ def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray
     """Reflectance [n_bands, h, w] (float32, rounded once from float64 so k/10 values stay exact), clear pixels."""
     shape = (gbox.height, gbox.width)
     refs = list(scene.bands.values())
-    layers = [r for r in (scene.mask, scene.saturation) if r is not None]
+    layers = [ref for _, ref in scene.quality]
     reads = read_many([*refs, *layers], gbox, [False] * len(refs) + [True] * len(layers))
     bands = np.empty((len(refs), *shape), np.float32)
     clear = np.ones(shape, dtype=bool)
     for i, (ref, (raw, has)) in enumerate(zip(refs, reads, strict=False)):
         bands[i] = scaled(ref, raw, has)
         clear &= has
-    layer_reads = iter(reads[len(refs):])
-    if scene.mask is not None:
-        layer, has_q = next(layer_reads)
-        clear &= has_q & ~quality_invalid(scene.mask_kind, layer)
-    if scene.saturation is not None:
-        radsat, has_r = next(layer_reads)
-        clear &= ~(has_r & saturation_invalid(radsat))  # 0 (nothing saturated) may read as the fill value
+    clear &= quality_clear(scene, reads[len(refs):])  # the sensor's quality layers (masks.py)
+    clear &= ~water_invalid(scene, bands)
     clear &= ~reflectance_invalid(bands)
     return bands, clear
 
 
 def _score(scene: Scene, bands: np.ndarray, spec: JobSpec) -> np.ndarray:
-    common = [b.common_name for b in scene.sensor.bands]
+    common = [scene.sensor.band(n).common_name for n in scene.bands]
     red, nir = bands[common.index("red")], bands[common.index("nir08")]
     return composite.score(red, nir, scene.date, spec.start, spec.end, scene.cloud_cover)
 

@@ -69,8 +69,11 @@ def read_warped(ref: AssetRef, gbox: GeoBox, *, categorical: bool = False) -> tu
     with rasterio.open(ref.href) as src:
         fill = fill_value(src.dtypes[0], ref.nodata if ref.nodata is not None else src.nodata)
         resampling = _resampling(src, gbox, categorical)
+        # Averaging (e.g. 10 m → 20 m) works in float64: in the integer DN type GDAL would round each mean to a
+        # whole DN, which flips some products by one DN. Nearest neighbour keeps the source type (exact DN).
+        dtype = "float64" if resampling == Resampling.average and np.dtype(src.dtypes[0]).kind in "iu" else None
         with WarpedVRT(src, crs=gbox.crs.wkt, transform=gbox.transform, width=gbox.width, height=gbox.height,
-                       resampling=resampling, src_nodata=fill, nodata=fill) as vrt:
+                       resampling=resampling, src_nodata=fill, nodata=fill, dtype=dtype) as vrt:
             data = vrt.read(1)
         inside = _inside_source(src, gbox) if resampling == Resampling.average else None
     has_data = ~np.isnan(data) if np.isnan(fill) else data != fill

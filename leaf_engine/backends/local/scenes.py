@@ -8,8 +8,9 @@ Items without a quality asset are accepted: every pixel counts as clear unless i
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -20,7 +21,22 @@ from shapely.geometry import shape
 
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
-from ...sensors import S2_BOA_OFFSET_DN, S2_OFFSET_BASELINE, SENSORS, Sensor, members
+from ...sensors import (
+    EARTH_RADIUS_KM,
+    S2_BASELINE_ID_PROPERTIES,
+    S2_BASELINE_PROPERTIES,
+    S2_BOA_OFFSET_DN,
+    S2_OFFSET_BASELINE,
+    S2_OFFSET_SINCE,
+    STAC_VIEW_AZIMUTH,
+    VIEW_AZIMUTH_PROPERTIES,
+    VIEW_ZENITH_PROPERTIES,
+    WATER_TEST,
+    QualityLayer,
+    Sensor,
+    members,
+    sensor_for_platform,
+)
 
 ANGLE_ASSET_KEYS: dict[str, tuple[str, ...]] = {
     "sza": ("sza", "solar_zenith", "sun_zenith"),
@@ -66,6 +82,18 @@ class Scene:
     view_azimuth: float
     angle_assets: dict[str, AssetRef] = field(default_factory=dict)
     """Per-pixel angles (``sza``/``saa``/``vza``/``vaa``, degrees after scaling) where the item provides them."""
+    quality: tuple[tuple[QualityLayer, AssetRef], ...] = ()
+    """The sensor's quality layers the item has, each with its asset (see ``sensors.QualityLayer``)."""
+    water_test: bool = False
+    """True when no quality layer of the item can flag inland water: the spectral water test applies."""
+
+    @property
+    def mask_rule(self) -> str:
+        """Which rule masked this scene, for the outputs' metadata."""
+        parts = [f"{q.band}: {q.why}" for q, _ in self.quality] or ["no quality layer: nodata only"]
+        if self.water_test:
+            parts.append(f"inland water: {WATER_TEST.describe()} ({WATER_TEST.cite})")
+        return "; ".join(parts)
 
     @property
     def date(self) -> date:
@@ -101,14 +129,8 @@ def load_items(source: str) -> list[pystac.Item]:
 
 
 def sensor_of_item(item: pystac.Item) -> Sensor | None:
-    """The LEAF sensor of an item from its ``platform`` (``sentinel-2a``, ``landsat-8``…) or collection id."""
-    platform = str(item.properties.get("platform") or item.collection_id or "").lower()
-    if platform.startswith("sentinel-2") or platform.startswith("sentinel2"):
-        return SENSORS["S2_SR"]
-    m = re.match(r"landsat[-_ ]?0?(\d)", platform)
-    if m and f"L{m.group(1)}_SR" in SENSORS:
-        return SENSORS[f"L{m.group(1)}_SR"]
-    return None
+    """The LEAF sensor of an item from its ``platform`` or collection id (sensor facts: ``Sensor.platforms``)."""
+    return sensor_for_platform(str(item.properties.get("platform") or ""), item.collection_id)
 
 
 def _asset_key(item: pystac.Item, keys: Iterable[str], common_name: str | None = None) -> str | None:
@@ -129,12 +151,40 @@ def _raster_band(asset: pystac.Asset) -> dict[str, Any]:
     return bands[0] if bands else {}
 
 
-def _s2_baseline(item: pystac.Item) -> float | None:
-    raw = item.properties.get("s2:processing_baseline")
-    try:
-        return float(raw) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
+_BASELINE_IN_NAME = re.compile(r"_N(\d{2})\.?(\d{2})(?:_|$)")
+
+
+def _parse_baseline(raw: Any) -> float | None:
+    """``"05.09"`` / ``5.09`` / ``"N05.09"`` → 5.09; None for what is not a baseline (``"L3A (no BOA offset)"``)."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    m = re.fullmatch(r"\s*N?(\d{1,2})\.(\d{2})\s*", str(raw))
+    return float(f"{m.group(1)}.{m.group(2)}") if m else None
+
+
+def s2_baseline(item: pystac.Item) -> tuple[float | None, str]:
+    """The item's S2 processing baseline and where it was read (a property spelling, a name, or nothing)."""
+    p = item.properties
+    for key in S2_BASELINE_PROPERTIES:
+        if p.get(key) is not None and (b := _parse_baseline(p[key])) is not None:
+            return b, key
+    for key in S2_BASELINE_ID_PROPERTIES:
+        value = item.id if key == "id" else p.get(key)
+        if value and (m := _BASELINE_IN_NAME.search(str(value))):
+            return float(f"{m.group(1)}.{m.group(2)}"), key
+    return None, ""
+
+
+def has_boa_offset(item: pystac.Item, sensor: Sensor) -> bool:
+    """Whether the item's DN carry the −1000 BOA offset: its stated baseline ≥ 04.00, else (no baseline in any
+    known spelling) an acquisition on or after :data:`S2_OFFSET_SINCE`."""
+    if not sensor.boa_offset_from_baseline:
+        return False
+    baseline, _ = s2_baseline(item)
+    if baseline is not None:
+        return baseline >= S2_OFFSET_BASELINE
+    when = item.datetime or (item.common_metadata.start_datetime if item.common_metadata else None)
+    return when is not None and when.date() >= S2_OFFSET_SINCE
 
 
 def _cloud_cover(item: pystac.Item) -> float:
@@ -147,12 +197,15 @@ def reflectance_ref(item: pystac.Item, key: str, sensor: Sensor) -> AssetRef:
     asset = item.assets[key]
     rb = _raster_band(asset)
     if "scale" in rb or "offset" in rb:
-        scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+        scale = float(rb.get("scale", 1.0))
+        if "offset" in rb:
+            offset = float(rb["offset"])
+        else:  # a catalogue that states the scale only: the sensor's own offset goes with the sensor's own scale
+            offset = sensor.dn_offset if math.isclose(scale, sensor.dn_scale, rel_tol=1e-9) else 0.0
     else:
         scale, offset = sensor.dn_scale, sensor.dn_offset
-    # The S2 BOA offset applies unless the item states an offset itself (some catalogues give only the scale).
-    baseline = _s2_baseline(item)
-    if "offset" not in rb and sensor.id == "S2_SR" and baseline is not None and baseline >= S2_OFFSET_BASELINE:
+    # The S2 BOA offset applies unless the item states an offset itself (Earth Search states −0.1).
+    if "offset" not in rb and has_boa_offset(item, sensor):
         offset += S2_BOA_OFFSET_DN * scale
     nodata = rb.get("nodata")
     return AssetRef(asset.get_absolute_href() or asset.href, scale, offset,
@@ -174,12 +227,15 @@ def _angle(props: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
-def scene_angles(item: pystac.Item) -> tuple[float, float, float, float]:
-    """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties.
+def scene_angles(item: pystac.Item, sensor: Sensor | None = None) -> tuple[float, float, float, float]:
+    """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties, in the
+    Earth Engine path's convention (see ``sensors.VIEW_ZENITH_PROPERTIES``).
 
     Sun: ``view:sun_elevation``/``view:sun_azimuth`` or ``s2:mean_solar_zenith``/``_azimuth`` (required).
-    View: ``view:incidence_angle`` (else ``view:off_nadir``, ``s2:mean_view_zenith``) and ``view:azimuth``;
-    nadir (0, 0) when absent, which is what Landsat and most S2 catalogues imply.
+    View zenith: the S2 mean incidence zenith, else ``view:incidence_angle``, else ``view:off_nadir`` turned into
+    the zenith at the ground (spherical Earth, the sensor's orbit altitude); nadir (0) when absent.
+    View azimuth: the S2 mean incidence azimuth, else ``view:azimuth`` + 180° (STAC measures it from the
+    sub-satellite point towards the scene); 0 when absent.
     """
     p = item.properties
     elev = _angle(p, "view:sun_elevation")
@@ -188,16 +244,23 @@ def scene_angles(item: pystac.Item) -> tuple[float, float, float, float]:
     if sza is None or saa is None:
         raise SceneError(f"item {item.id!r} has no sun angles: add view:sun_elevation and view:sun_azimuth "
                          "(or s2:mean_solar_zenith/azimuth) to its properties")
-    vza = _angle(p, "view:incidence_angle", "view:off_nadir", "s2:mean_view_zenith") or 0.0
-    vaa = _angle(p, "view:azimuth", "s2:mean_view_azimuth") or 0.0
-    return sza, saa, vza, vaa
+    vza = _angle(p, *VIEW_ZENITH_PROPERTIES)
+    off_nadir = _angle(p, "view:off_nadir")
+    if vza is None and off_nadir is not None:
+        ratio = 1.0 + (sensor.orbit_altitude_km if sensor else 0.0) / EARTH_RADIUS_KM
+        vza = math.degrees(math.asin(min(1.0, ratio * math.sin(math.radians(off_nadir)))))
+    vaa = _angle(p, *VIEW_AZIMUTH_PROPERTIES)
+    if vaa is None and (stac_azimuth := _angle(p, STAC_VIEW_AZIMUTH)) is not None:
+        vaa = (stac_azimuth + 180.0) % 360.0
+    return sza, saa, vza or 0.0, vaa or 0.0
 
 
-def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
-    """Build a :class:`Scene`; raises :class:`SceneError` naming what the item lacks."""
+def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | None = None) -> Scene:
+    """Build a :class:`Scene` with the bands a network set with ``inputs`` needs (None: the sensor's default
+    sets'; see :meth:`Sensor.bands_for`); raises :class:`SceneError` naming what the item lacks."""
     bands: dict[str, AssetRef] = {}
     missing = []
-    for band in sensor.bands:
+    for band in sensor.bands_for(inputs):
         key = _asset_key(item, band.stac_keys, band.common_name)
         if key is None:
             missing.append(f"{band.net_input} ({'/'.join(band.stac_keys)})")
@@ -209,7 +272,9 @@ def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
     sat_key = _asset_key(item, [sensor.saturation_asset]) if sensor.saturation_asset else None
     angle_assets = {name: _plain_ref(item, k, ANGLE_DEFAULT_SCALE)
                     for name, keys in ANGLE_ASSET_KEYS.items() if (k := _asset_key(item, keys)) is not None}
-    sza, saa, vza, vaa = scene_angles(item)
+    quality = tuple((q, _plain_ref(item, k)) for q in sensor.quality
+                    if (k := _asset_key(item, q.stac_keys)) is not None)
+    sza, saa, vza, vaa = scene_angles(item, sensor)
     if item.datetime is None:
         raise SceneError(f"item {item.id!r} has no datetime")
     return Scene(
@@ -219,16 +284,31 @@ def scene_from_item(item: pystac.Item, sensor: Sensor) -> Scene:
         mask_kind=sensor.mask_asset if mask_key else None,
         saturation=_plain_ref(item, sat_key) if sat_key else None,
         sun_zenith=sza, sun_azimuth=saa, view_zenith=vza, view_azimuth=vaa, angle_assets=angle_assets,
+        quality=quality, water_test=not any(_flags_water(item, q) for q, _ in quality),
     )
+
+
+def _flags_water(item: pystac.Item, layer: QualityLayer) -> bool:
+    """Whether this item's copy of ``layer`` marks inland water (the product defines the flag)."""
+    if not layer.flags_water:
+        return False
+    if not layer.water_flag_if:
+        return True
+    props = {**item.properties, "collection": item.collection_id or ""}
+    return any(re.fullmatch(rx, str(props.get(k, ""))) for k, rx in layer.water_flag_if)
 
 
 # ---------------------------------------------------------------------------------------------------- discovery
 
 
 def select_scenes(items: Sequence[pystac.Item], request_sensor: str, region: shapely.Geometry, start: date,
-                  end: date, max_cloud_cover: float = MAX_SCENE_CLOUD_COVER) -> list[Scene]:
-    """Scenes of the request's sensor(s) that touch the region (lon/lat) within the inclusive window, by time."""
+                  end: date, max_cloud_cover: float = MAX_SCENE_CLOUD_COVER,
+                  inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
+    """Scenes of the request's sensor(s) that touch the region (lon/lat) within the inclusive window, by time.
+
+    ``inputs``: each member sensor's network set inputs by sensor id (default: its default sets')."""
     wanted = {s.id for s in members(request_sensor)}
+    inputs = inputs or {}
     out = []
     for item in items:
         sensor = sensor_of_item(item)
@@ -241,10 +321,11 @@ def select_scenes(items: Sequence[pystac.Item], request_sensor: str, region: sha
         foot = shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
         if not foot.intersects(region):
             continue
-        out.append(scene_from_item(item, sensor))
+        out.append(scene_from_item(item, sensor, inputs.get(sensor.id)))
     return sorted(out, key=lambda s: (s.datetime, s.id))
 
 
 def discover(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date,
-             max_cloud_cover: float = MAX_SCENE_CLOUD_COVER) -> list[Scene]:
-    return select_scenes(load_items(source), request_sensor, region, start, end, max_cloud_cover)
+             max_cloud_cover: float = MAX_SCENE_CLOUD_COVER,
+             inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
+    return select_scenes(load_items(source), request_sensor, region, start, end, max_cloud_cover, inputs)

@@ -39,6 +39,7 @@ class JobTags:
     start: str
     end: str
     scenes: int
+    mask_rule: str = ""  # which quality rule masked the scenes (backends/local/masks.py describe_masks)
 
     def for_product(self, name: str) -> dict[str, str]:
         p = products.product(name)
@@ -49,6 +50,7 @@ class JobTags:
             "sensor": self.sensor, "request_id": self.request_id, "region": self.region, "period": self.period,
             "window": f"{self.start}/{self.end}", "scenes_used": str(self.scenes),
             "composite_score": composite.SCORE_DOC, "software": f"leaf-engine {__version__} (local backend)",
+            "mask_rule": self.mask_rule,
         }
         if p.valid_range is not None:
             tags["valid_range"] = f"{p.valid_range[0]}..{p.valid_range[1]}"
