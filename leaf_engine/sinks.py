@@ -208,6 +208,11 @@ class LocalSink:
             return None
         return path.stat().st_size, base64.b64encode(digest.digest()).decode("ascii")
 
+    def generation(self, key: str) -> int | None:
+        """The object's current generation (None when it does not exist)."""
+        path = self._path(key)
+        return self._generation(path) if path.is_file() else None
+
 
 # ------------------------------------------------------------------------------------------------------- GCS
 
@@ -335,6 +340,11 @@ class GcsSink:
     def stat(self, key: str) -> tuple[int, str] | None:
         blob = _retrying(f"stat {self.uri(key)}", lambda: self.bucket.get_blob(key.strip("/")))
         return None if blob is None else (int(blob.size), str(blob.md5_hash or blob.crc32c or ""))
+
+    def generation(self, key: str) -> int | None:
+        """The object's current generation, from its metadata (None when it does not exist)."""
+        blob = _retrying(f"stat {self.uri(key)}", lambda: self.bucket.get_blob(key.strip("/")))
+        return None if blob is None else int(blob.generation)
 
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:
