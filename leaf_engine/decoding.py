@@ -48,6 +48,8 @@ def clip(value: Any, limit: int = CLIP_CHARS) -> Any:
         return value
     if isinstance(value, int):
         text = _int_text(value)
+        if text.startswith("<"):
+            return text
         return value if len(text) <= limit else f"{text[:limit]}... (truncated: a number of {len(text)} digits)"
     if isinstance(value, str):
         safe = escape_unencodable(value)

@@ -35,7 +35,7 @@ class Limits(BaseModel):
     windows: int = Field(120, gt=0, description="time windows (months or date pairs) of one request")
     jobs: int = Field(2_000, gt=0, description="jobs (regions × windows) of one request")
     pixels_per_job: float = Field(1.0e10, gt=0, description="pixels of one job's grid (a tile at 10 m is 8.1e9)")
-    pixels_per_request: float = Field(2.0e12, gt=0, description="pixels over all output files of a request")
+    pixels_per_request: float = Field(2.0e13, gt=0, description="pixels over all output files of a request")
     shards_per_file: int = Field(100, gt=0, description="Earth Engine shards (objects) of one output file")
     objects: int = Field(60_000, gt=0, description="output objects (shards) of one request")
 

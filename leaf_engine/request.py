@@ -50,11 +50,14 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 FOLDER_PART_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """The safe character set of ``out_folder``: '/'-separated parts of ASCII letters, digits, '_', '.', '-'. Anything
 else (controls, NUL, DEL, spaces, bidi and zero-width marks, BOM, non-ASCII look-alikes) could hide or spoof a path."""
-MAX_FOLDER_CHARS = 512
+MAX_FOLDER_CHARS = 900
+"""With region names and file names added, the object keys must still fit GCS_MAX_KEY_BYTES (checked)."""
 MAX_REGION_NAME_CHARS = 100
 GCS_MAX_KEY_BYTES = 1024
 """Cloud Storage's limit on an object name (UTF-8 bytes)."""
 MAX_NETWORKS_CHARS = 1024
+MAX_PROBLEMS = 100
+"""A refusal lists at most this many problems (a hostile request can break one rule a million times)."""
 _ISO_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CRS_CODE_RE = re.compile(r"[A-Za-z]{1,16}:[0-9]{1,10}")
 
@@ -274,11 +277,15 @@ class _Validator:
         self.service = service
         self.network_prefixes = network_prefixes
         self.problems: list[Problem] = []
+        self.suppressed = 0
         self.warnings: list[str] = []
         self.v: dict[str, Any] = {}
 
     def bad(self, key: str, value: Any, rule: str) -> None:
-        self.problems.append(Problem(key, value, rule))
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(key, value, rule))
+        else:
+            self.suppressed += 1
 
     def run(self, request_id: str | None) -> ProductionRequest:
         data = self._resolve_keys()
@@ -291,6 +298,9 @@ class _Validator:
                      "starting with a letter or digit")
             request_id = None
         self._check_key_lengths(request_id)
+        if self.suppressed:
+            self.problems.append(Problem("(request)", f"{self.suppressed} more problem(s)", f"only the first "
+                                         f"{MAX_PROBLEMS} problems are listed; fix these and validate again"))
         if self.problems:
             raise RequestError(self.problems)
         return ProductionRequest(**self.v, warnings=self.warnings, supplied_request_id=request_id)

@@ -37,7 +37,7 @@ from .errors import LeafError, Problem, RequestError, TransientError, jsonable
 from .limits import Limits
 from .naming import collection_key, error_record_key, error_records_prefix, item_key, run_record_key
 from .plan import Plan, make_plan
-from .request import FOLDER_PART_RE, ProductionRequest, gcs_bucket_problem, parse_request
+from .request import FOLDER_PART_RE, MAX_FOLDER_CHARS, ProductionRequest, gcs_bucket_problem, parse_request
 from .sinks import GcsSink, PreconditionFailed, Sink, SinkError, parse_gs_uri
 
 RUN_SCHEMA = "leaf-run/1"
@@ -170,7 +170,7 @@ def _raw_destination(raw: Any, allowed: tuple[tuple[str, str], ...] | None) -> t
         return None, ""
     folder = folder.strip("/")
     parts = folder.split("/") if folder else []
-    if len(folder) > 512 or not all(FOLDER_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts):
+    if len(folder) > MAX_FOLDER_CHARS or not all(FOLDER_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts):
         return None, ""
     if not admission.output_allowed(allowed, bucket, folder):
         return None, ""
