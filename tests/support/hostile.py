@@ -109,7 +109,6 @@ def malformed_envelopes() -> list[tuple[str, Any]]:
         ("data-not-base64", {"message": {"data": "%%% not base64 %%%", "messageId": "mal-6"}, "subscription": "s"}),
         ("data-int", {"message": {"data": 12345, "messageId": "mal-7"}, "subscription": "s"}),
         ("data-object", {"message": {"data": {"sensor": "S2_SR"}, "messageId": "mal-8"}, "subscription": "s"}),
-        ("data-missing", {"message": {"messageId": "mal-9"}, "subscription": "s"}),
         ("data-empty", {"message": {"data": "", "messageId": "mal-10"}, "subscription": "s"}),
         ("message-id-int", envelope(b"{}", None, 11)),
         ("message-id-path", envelope(b"{}", None, "../../etc/mal-12")),
