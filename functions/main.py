@@ -37,7 +37,11 @@ logs.setup_json_logging()
 
 @cache
 def _service() -> RequestService:
-    return RequestService(ServiceConfig.from_env())
+    config = ServiceConfig.from_env()
+    if config.allowed_outputs is None:
+        logs.warning("LEAF_ALLOWED_OUTPUTS is not set: requests may name any bucket this service account can "
+                     "write; set it to the buckets/prefixes this deployment serves")
+    return RequestService(config)
 
 
 @cache

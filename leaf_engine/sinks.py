@@ -334,8 +334,8 @@ class GcsSink:
 
     def list(self, prefix: str) -> list[str]:
         p = prefix.strip("/")
-        return sorted(_retrying(f"list {self.uri(p)}",
-                                lambda: [b.name for b in self.bucket.client.list_blobs(self.bucket, prefix=p)]))
+        return sorted(self._writing(f"list {self.uri(p)}",  # _writing: a missing bucket is a SinkError
+                                    lambda: [b.name for b in self.bucket.client.list_blobs(self.bucket, prefix=p)]))
 
     def stat(self, key: str) -> tuple[int, str] | None:
         blob = _retrying(f"stat {self.uri(key)}", lambda: self.bucket.get_blob(key.strip("/")))
