@@ -222,10 +222,14 @@ _READ_CHUNK = 256 * 1024
 
 def _retrying(what: str, call: Callable[[], T]) -> T:
     """Run a GCS call; retry 429/5xx with jittered backoff, then raise TransientError so the platform retries."""
+    import requests
     from google.api_core import exceptions as gex
 
+    # requests' ConnectionError/Timeout are not the builtin ConnectionError: a reset or a lost answer on a call the
+    # client does not retry itself would otherwise escape as a permanent failure.
     transient = (gex.TooManyRequests, gex.InternalServerError, gex.BadGateway, gex.ServiceUnavailable,
-                 gex.GatewayTimeout, ConnectionError)
+                 gex.GatewayTimeout, ConnectionError, requests.exceptions.ConnectionError,
+                 requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError)
     delay = 0.2
     for attempt in range(_RETRY_ATTEMPTS):
         try:
