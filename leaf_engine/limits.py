@@ -32,8 +32,9 @@ class Limits(BaseModel):
     regions: int = Field(500, gt=0, description="custom regions plus tiles in one request")
     region_vertices: int = Field(100_000, gt=0, description="polygon vertices over all regions of a request")
     region_area_km2: float = Field(12_000_000.0, gt=0, description="area of one region (km², geodesic)")
+    region_outline_deg: float = Field(10_000.0, gt=0, description="outline length over all regions (degrees)")
     windows: int = Field(120, gt=0, description="time windows (months or date pairs) of one request")
-    jobs: int = Field(2_000, gt=0, description="jobs (regions × windows) of one request")
+    jobs: int = Field(500, gt=0, description="jobs (regions × windows) of one request")
     pixels_per_job: float = Field(1.0e10, gt=0, description="pixels of one job's grid (a tile at 10 m is 8.1e9)")
     pixels_per_request: float = Field(2.0e13, gt=0, description="pixels over all output files of a request")
     shards_per_file: int = Field(100, gt=0, description="Earth Engine shards (objects) of one output file")
@@ -130,6 +131,10 @@ def check_admission(req: Any, limits: Limits) -> None:
         vertices = sum(int(shapely.get_num_coordinates(r.geometry)) for r in regions)
         over("region_vertices", vertices, "regions", vertices,
              "simplify the polygons (e.g. shapely simplify) or send the regions in several requests")
+        # Gridding a region densifies its outline (every 0.01°): the cost grows with the outline's length.
+        outline = sum(float(r.geometry.length) for r in regions)
+        over("region_outline_deg", outline, "regions", f"{outline:,.0f}°",
+             "simplify the outlines, or send the regions in several requests")
     over("jobs", len(regions) * n_windows, "regions/tile_names × windows", len(regions) * n_windows,
          "send several requests (fewer regions or fewer windows each)")
     if problems:  # counts already out of bounds: do not go on to project every region
@@ -147,7 +152,7 @@ def check_admission(req: Any, limits: Limits) -> None:
                     "split the region into smaller polygons, each its own region"):
                 continue
         try:
-            shape = region.geobox(req.resolution, req.projection).shape
+            shape = req.region_geobox(region).shape
         except GridError as e:
             problems.append(Problem(key, region.name, f"cannot be gridded at {req.resolution} m in "
                                                       f"{req.projection}: {e}"))

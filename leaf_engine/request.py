@@ -14,7 +14,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
 from pathlib import Path
@@ -115,9 +115,25 @@ class ProductionRequest(BaseModel):
         return [month_window(self.year, m) for m in self.months]
 
     def region_list(self) -> list[grid.Region]:
+        return list(self._regions)
+
+    @cached_property
+    def _regions(self) -> tuple[grid.Region, ...]:
         if self.regions:
-            return [grid.region_from_geojson(n, g) for n, g in self.regions.items()]
-        return [grid.region_for_tile(t) for t in self.tile_names or []]
+            return tuple(grid.region_from_geojson(n, g) for n, g in self.regions.items())
+        return tuple(grid.region_for_tile(t) for t in self.tile_names or [])
+
+    def region_geobox(self, region: grid.Region) -> GeoBox:
+        """The pixel grid of one of the request's regions, computed once per request (projecting a long outline
+        is the costly part of planning; every job, file and shard of the region shares the grid)."""
+        cache = self._geoboxes
+        if region.name not in cache:
+            cache[region.name] = region.geobox(self.resolution, self.projection)
+        return cache[region.name]
+
+    @cached_property
+    def _geoboxes(self) -> dict[str, GeoBox]:
+        return {}
 
     def output_products(self) -> tuple[str, ...]:
         """Every product file a job writes, in a fixed order."""
@@ -154,6 +170,7 @@ class ProductionRequest(BaseModel):
                 prods,
                 self.out_folder,
                 self.GCS_bucket,
+                self,
             )
             for region in self.region_list()
             for start, end in self.windows()
@@ -176,8 +193,10 @@ class Job:
     products: tuple[str, ...]
     out_folder: str
     bucket: str | None
+    owner: ProductionRequest | None = field(default=None, repr=False, compare=False)
+    """The request the job belongs to: it holds the region's grid, computed once."""
 
-    @property
+    @cached_property  # read once per object when a run record is built: keep it a lookup
     def period(self) -> str:
         return naming.period_token(self.start, self.end)
 
@@ -185,12 +204,14 @@ class Job:
     def year(self) -> int:
         return self.start.year
 
-    @property
+    @cached_property
     def job_id(self) -> str:
         """Unique within its request and deterministic: the STAC item id of its outputs."""
         return naming.item_id(self.region.name, self.year, self.period)
 
     def geobox(self) -> GeoBox:
+        if self.owner is not None:
+            return self.owner.region_geobox(self.region)
         return self.region.geobox(self.resolution, self.crs)
 
     def network_set(self, sensor_id: str) -> str:

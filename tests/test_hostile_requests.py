@@ -333,3 +333,21 @@ def test_a_crash_inside_the_service_is_recorded_not_redelivered(tmp_path: Path) 
     result = service.handle(_msg(_raw()))
     assert result.status == "invalid" and result.problems[0]["key"] == "(service)"
     assert buckets("leaf-errors").list("bad/_errors/") or buckets(BUCKET).list("prod/_errors/")
+
+
+def test_long_outlines_are_refused_before_they_are_gridded() -> None:
+    """Gridding densifies an outline every 0.01°: 500 regions spanning the globe's width would take minutes."""
+    def strip(i: int) -> dict:
+        y = 40 + (i % 40) * 0.01
+        return {"type": "Polygon", "coordinates": [[[-179.9, y], [179.9, y], [179.9, y + 0.005], [-179.9, y + 0.005],
+                                                    [-179.9, y]]]}
+
+    t0 = time.perf_counter()
+    found = _problems(_raw(tile_names=None, regions={f"r{i}": strip(i) for i in range(500)}, resolution=10_000))
+    assert any("region_outline_deg" in p["rule"] for p in found) and time.perf_counter() - t0 < 5
+
+
+def test_a_region_is_gridded_once_per_request() -> None:
+    req = parse_request(_raw(tile_names=None, regions={"ottawa": POLY}, months=list(range(1, 13))), today=TODAY)
+    grids = {id(job.geobox()) for job in req.jobs()}
+    assert len(req.jobs()) == 12 and len(grids) == 1
