@@ -339,7 +339,7 @@ def test_long_outlines_are_refused_before_they_are_gridded() -> None:
     """Gridding densifies an outline every 0.01°: 500 regions spanning the globe's width would take minutes."""
     def strip(i: int) -> dict:
         y = 40 + (i % 40) * 0.01
-        return {"type": "Polygon", "coordinates": [[[-179.9, y], [179.9, y], [179.9, y + 0.005], [-179.9, y + 0.005],
+        return {"type": "Polygon", "coordinates": [[[-179.9, y], [-0.1, y], [-0.1, y + 0.005], [-179.9, y + 0.005],
                                                     [-179.9, y]]]}
 
     t0 = time.perf_counter()
