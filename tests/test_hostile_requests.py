@@ -351,3 +351,16 @@ def test_a_region_is_gridded_once_per_request() -> None:
     req = parse_request(_raw(tile_names=None, regions={"ottawa": POLY}, months=list(range(1, 13))), today=TODAY)
     grids = {id(job.geobox()) for job in req.jobs()}
     assert len(req.jobs()) == 12 and len(grids) == 1
+
+
+def test_leaf_validate_reads_no_more_than_the_limit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from leaf_engine.cli import main
+
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as f:
+        f.truncate(3 * 1024 ** 3)  # a sparse 3 GB file: refused without being read
+    tracemalloc.start()
+    assert main(["validate", str(path)]) == 2
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "request_bytes" in capsys.readouterr().err and peak < 20_000_000

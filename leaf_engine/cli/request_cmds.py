@@ -28,15 +28,21 @@ def limits_from(options: list[str] | None) -> Limits:
 
 def read_request(path: Path, limits: Limits | None = None) -> ProductionRequest:
     """Read and validate a request file (admission limits included); warnings go to stderr."""
+    limits = limits or Limits.from_env()
+    cap = limits.request_bytes + 1  # read no more than the limit: a huge file is refused, not loaded
     if str(path) == "-":
         import sys
 
-        text = sys.stdin.buffer.read()
+        text = sys.stdin.buffer.read(cap)
     else:
         try:
-            text = path.read_bytes()
+            with open(path, "rb") as f:
+                text = f.read(cap)
         except OSError as e:
             raise RequestError([Problem("(file)", str(path), f"cannot read the request file: {e.strerror}")]) from e
+    if len(text) == cap:
+        raise RequestError([Problem("(file)", str(path), f"is larger than the admission limit request_bytes = "
+                                    f"{limits.request_bytes:,} (LEAF_LIMIT_REQUEST_BYTES): split the request")])
     req = parse_request(text, limits=limits)
     for w in req.warnings:
         console_err.print(f"warning: {w}", markup=False, highlight=False)
