@@ -533,6 +533,11 @@ class _Validator:
         except (CRSError, TypeError, ValueError):
             self.bad("projection", value, "unknown CRS: give one pyproj knows, e.g. 'EPSG:3979'")
             return
+        if not (crs.is_projected or crs.is_geographic) or crs.is_geocentric or len(crs.axis_info) != 2:
+            # A raster grid needs a 2D horizontal CRS: not a vertical, geocentric, 3D or compound one.
+            self.bad("projection", value, "must be a 2D projected or geographic CRS (not vertical, geocentric, 3D "
+                     "or compound), e.g. 'EPSG:3979' or 'EPSG:32618'")
+            return
         auth = crs.to_authority()
         self.v["projection"] = f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
 

@@ -152,6 +152,10 @@ def test_region_names_and_object_key_length() -> None:
     ({"request_id": "ok\n"}, "request_id", "string"),
     ({"rerun": ["overwrite"]}, "rerun", "one of"),
     ({"projection": "+proj=longlat +nadgrids=/etc/passwd"}, "projection", "authority code"),
+    ({"projection": "EPSG:4978"}, "projection", "2D projected or geographic"),  # geocentric
+    ({"projection": "EPSG:5714"}, "projection", "2D projected or geographic"),  # vertical
+    ({"tile_names": None, "regions": {"south": {"type": "Polygon", "coordinates": [  # far outside the LCC grid
+        [[-10, -89], [10, -89], [10, -80], [-10, -80], [-10, -89]]]}}}, "regions.south", "pixels_per_job"),
     ({"networks": "a" * 100_000}, "networks", "at most 1024"),
     ({"sensor": "\ud800"}, "sensor", "lone surrogate"),
 ])
