@@ -35,7 +35,16 @@ from .catalogue.tile_ready import Publisher
 from .decoding import clip, decode_json, excerpt
 from .errors import LeafError, Problem, RequestError, TransientError, jsonable
 from .limits import Limits
-from .naming import collection_key, error_record_key, error_records_prefix, item_key, run_record_key
+from .naming import (
+    CATALOG_DIR,
+    ERRORS_DIR,
+    RUNS_DIR,
+    collection_key,
+    error_record_key,
+    error_records_prefix,
+    item_key,
+    run_record_key,
+)
 from .plan import Plan, make_plan
 from .request import FOLDER_PART_RE, MAX_FOLDER_CHARS, ProductionRequest, gcs_bucket_problem, parse_request
 from .sinks import GcsSink, PreconditionFailed, Sink, SinkError, parse_gs_uri
@@ -171,6 +180,8 @@ def _raw_destination(raw: Any, allowed: tuple[tuple[str, str], ...] | None) -> t
     folder = folder.strip("/")
     parts = folder.split("/") if folder else []
     if len(folder) > MAX_FOLDER_CHARS or not all(FOLDER_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts):
+        return None, ""
+    if parts and parts[0] in (RUNS_DIR, ERRORS_DIR, CATALOG_DIR):
         return None, ""
     if not admission.output_allowed(allowed, bucket, folder):
         return None, ""
