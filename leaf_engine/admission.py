@@ -92,13 +92,21 @@ def conflict_problems(runs: list[dict[str, Any]], req: ProductionRequest, object
     any of ``objects`` (what ``req`` would write) and is not the same request."""
     for run in runs:
         rid = run.get("request_id")
-        if rid == req.request_id or run.get("state") in _NOT_LIVE:
+        if run.get("state") in _NOT_LIVE:
+            continue
+        request = run.get("request")
+        if rid == req.request_id:
+            if isinstance(request, dict) and not _same_request(request, req):
+                # Else the second request would be taken for a duplicate of the first and silently dropped.
+                return [Problem("request_id", req.request_id,
+                                f"already names a different request (run {rid}, {run.get('state')}) in this "
+                                "out_folder: give this request its own request_id (or none: one is derived "
+                                "from its content)")]
             continue
         theirs = run.get("objects") or {}
         clash = next((k for k in objects if k in theirs), None)
         if clash is None:
             continue
-        request = run.get("request")
         if isinstance(request, dict) and _same_request(request, req):
             continue
         return [Problem("out_folder", req.out_folder,

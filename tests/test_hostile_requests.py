@@ -302,6 +302,17 @@ def test_a_request_may_not_overwrite_another_requests_outputs(tmp_path: Path) ->
     assert len(starts) == 4
 
 
+def test_a_request_id_cannot_be_reused_for_another_request(tmp_path: Path) -> None:
+    """A publisher that names a request id first must not make a later, different request a silent duplicate."""
+    service, _buckets, starts = _service(tmp_path)
+    assert service.handle(_msg(_raw(), "m1", request_id="rid-1")).status == "started"
+    other = service.handle(_msg(_raw(months=[8]), "m2", request_id="rid-1"))
+    assert other.status == "invalid" and other.problems[0]["key"] == "request_id"
+    assert "different request" in other.problems[0]["rule"]
+    assert service.handle(_msg(_raw(), "m3", request_id="rid-1")).status == "duplicate"  # the same one again
+    assert len(starts) == 1
+
+
 def test_an_invalid_message_never_replaces_a_run_record(tmp_path: Path) -> None:
     service, buckets, _starts = _service(tmp_path)
     first = service.handle(_msg(_raw(), "m1", request_id="run-1"))
