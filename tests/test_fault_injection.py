@@ -149,3 +149,31 @@ def test_an_error_record_write_that_loses_its_answer_is_retried_not_misfiled(emu
     assert result.status == "invalid" and proxy.counts[LOST_ANSWER] == 1
     names = [b.name for b in _client(emu.storage_url).list_blobs(ERRORS_BUCKET, prefix="lost/_errors/")]
     assert len(names) == 1 and names[0].startswith(error_records_prefix("lost", result.request_id))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_earth_engine_exports_start_once_behind_faults(emu: Emulators, seed: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Earth Engine stand-in behind the proxy: every planned file is exported exactly once (a lost answer is
+    retried with the same requestId, which the stand-in refuses as a duplicate and never runs twice)."""
+    from leaf_engine.plan import make_plan
+    from leaf_engine.request import parse_request
+    from tests.support.ee_standin import EEStandIn
+
+    folder = f"faults/ee-{seed}-{uuid.uuid4().hex[:6]}"
+    data = json.dumps(_request(folder)).encode()
+    faults = RandomFaults(seed, rate=0.3, kinds=FAULTS, only=("image:export",))
+    with EEStandIn() as ee, FaultProxy(ee.url, faults, delay_s=0.2) as proxy:
+        monkeypatch.setenv("LEAF_EE_URL", proxy.url)
+        monkeypatch.setenv("LEAF_EE_PROJECT", "leaf-test")
+        sink = GcsSink(BUCKET, client=_client(emu.storage_url))
+        service = RequestService(ServiceConfig(project="leaf-test", backend="gee", ee_url=proxy.url,
+                                               errors_uri=f"gs://{ERRORS_BUCKET}/faults"), sink_for=lambda b: sink)
+        result = _deliver(service.handle, RequestMessage(data, {}, f"ee-{seed}"))
+        again = _deliver(service.handle, RequestMessage(data, {}, f"ee-{seed}-dup"))
+    planned = make_plan(parse_request(data)).files
+    assert result.status == "started", result
+    assert again.status == "duplicate"
+    assert sorted(e["fileExportOptions"]["cloudStorageDestination"]["filenamePrefix"] for e in ee.exports) == \
+        sorted(f.name.prefix for f in planned)
+    assert sum(proxy.counts[k] for k in FAULTS) > 0, proxy.counts
