@@ -19,10 +19,14 @@ class Problem:
     rule: str
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.value!r} — {self.rule}"
+        from .decoding import clip  # shown values are truncated and made UTF-8-safe in one place
+
+        return f"{clip(self.key, 120)}: {clip(jsonable(self.value))!r} — {self.rule}"
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "value": jsonable(self.value), "rule": self.rule}
+        from .decoding import clip
+
+        return {"key": clip(self.key, 120), "value": clip(jsonable(self.value)), "rule": clip(self.rule, 2000)}
 
 
 def jsonable(value: object, fallback: Callable[[object], object] = repr) -> object:

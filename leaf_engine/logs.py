@@ -15,6 +15,11 @@ from typing import Any
 LOGGER_NAME = "leaf"
 CONTEXT_KEYS = ("request_id", "region", "period", "item_id", "object", "event_id", "state")
 
+MAX_LINE_CHARS = 64_000
+"""Longest log line written; Cloud Logging caps an entry at 256 KB and hostile values can be megabytes."""
+FIELD_CHARS = 4_000
+"""Longest excerpt of one field of an over-long entry."""
+
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
     logging.INFO: "INFO",
@@ -38,7 +43,25 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in fields.items() if v is not None})
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        try:
+            line = json.dumps(entry, default=str, ensure_ascii=False)
+        except (ValueError, TypeError, RecursionError) as e:  # a field that cannot be JSON must not lose the line
+            line = json.dumps({**{k: entry[k] for k in ("severity", "time", "logger")},
+                               "message": str(entry["message"]), "log_error": f"{type(e).__name__}: {e}"},
+                              default=str, ensure_ascii=False)
+        if len(line) > MAX_LINE_CHARS:  # keep the entry parseable: shrink its fields, not the JSON text
+            entry = {k: (_clip(v, FIELD_CHARS) if k not in ("severity", "time", "logger") else v)
+                     for k, v in entry.items()}
+            entry["truncated"] = True
+            line = json.dumps(entry, default=str, ensure_ascii=False)
+        # Lone surrogates (from hostile input) cannot be written as UTF-8: escape them instead of losing the line.
+        return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _clip(value: Any, limit: int) -> Any:
+    from .decoding import clip
+
+    return clip(value, limit)
 
 
 def setup_json_logging(level: int = logging.INFO, stream: Any = None) -> logging.Logger:

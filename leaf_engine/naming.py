@@ -34,7 +34,7 @@ CATALOG_DIR = "_stac"
 
 
 def is_valid_region_name(name: str) -> bool:
-    return bool(_REGION_RE.match(name))
+    return isinstance(name, str) and bool(_REGION_RE.fullmatch(name))  # fullmatch: '$' would allow a final '\n'
 
 
 def period_token(start: date, end: date) -> str:
@@ -132,8 +132,16 @@ def run_record_key(out_folder: str, request_id: str) -> str:
     return _join(out_folder, RUNS_DIR, f"{request_id}.json")
 
 
-def error_record_key(out_folder: str, request_id: str) -> str:
-    return _join(out_folder, ERRORS_DIR, f"{request_id}.json")
+def error_record_key(out_folder: str, error_id: str, message_id: str | None = None) -> str:
+    """``{out_folder}/_errors/{error_id}-{message_id}.json``: one record per message (``message_id`` already made
+    safe for an object name); without ``message_id``, the old one-per-request-id name."""
+    name = f"{error_id}-{message_id}" if message_id else error_id
+    return _join(out_folder, ERRORS_DIR, f"{name}.json")
+
+
+def error_records_prefix(out_folder: str, error_id: str) -> str:
+    """What to list to find the error records of ``error_id`` (a request id, or ``msg-<hash>``)."""
+    return _join(out_folder, ERRORS_DIR, f"{error_id}-")
 
 
 def item_key(out_folder: str, region: str, year: int, period: str) -> str:

@@ -14,7 +14,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,9 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from . import grid, naming, products, sensors
+from .decoding import clip, decode_json
 from .errors import GridError, Problem, RequestError
+from .limits import Limits, check_admission
 
 SHIPPED_NETWORKS_DIR = Path(__file__).parent / "data" / "nets"
 ALGORITHMS = ("SL2P", "SL2P-CCRS")
@@ -44,7 +46,20 @@ LEGACY_KEYS: dict[str, str] = {
     "bucket": "GCS_bucket",
     "folder": "out_folder",
 }
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+FOLDER_PART_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+"""The safe character set of ``out_folder``: '/'-separated parts of ASCII letters, digits, '_', '.', '-'. Anything
+else (controls, NUL, DEL, spaces, bidi and zero-width marks, BOM, non-ASCII look-alikes) could hide or spoof a path."""
+MAX_FOLDER_CHARS = 900
+"""With region names and file names added, the object keys must still fit GCS_MAX_KEY_BYTES (checked)."""
+MAX_REGION_NAME_CHARS = 100
+GCS_MAX_KEY_BYTES = 1024
+"""Cloud Storage's limit on an object name (UTF-8 bytes)."""
+MAX_NETWORKS_CHARS = 1024
+MAX_PROBLEMS = 100
+"""A refusal lists at most this many problems (a hostile request can break one rule a million times)."""
+_ISO_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CRS_CODE_RE = re.compile(r"[A-Za-z]{1,16}:[0-9]{1,10}")
 
 
 class ProductionRequest(BaseModel):
@@ -100,9 +115,25 @@ class ProductionRequest(BaseModel):
         return [month_window(self.year, m) for m in self.months]
 
     def region_list(self) -> list[grid.Region]:
+        return list(self._regions)
+
+    @cached_property
+    def _regions(self) -> tuple[grid.Region, ...]:
         if self.regions:
-            return [grid.region_from_geojson(n, g) for n, g in self.regions.items()]
-        return [grid.region_for_tile(t) for t in self.tile_names or []]
+            return tuple(grid.region_from_geojson(n, g) for n, g in self.regions.items())
+        return tuple(grid.region_for_tile(t) for t in self.tile_names or [])
+
+    def region_geobox(self, region: grid.Region) -> GeoBox:
+        """The pixel grid of one of the request's regions, computed once per request (projecting a long outline
+        is the costly part of planning; every job, file and shard of the region shares the grid)."""
+        cache = self._geoboxes
+        if region.name not in cache:
+            cache[region.name] = region.geobox(self.resolution, self.projection)
+        return cache[region.name]
+
+    @cached_property
+    def _geoboxes(self) -> dict[str, GeoBox]:
+        return {}
 
     def output_products(self) -> tuple[str, ...]:
         """Every product file a job writes, in a fixed order."""
@@ -139,6 +170,7 @@ class ProductionRequest(BaseModel):
                 prods,
                 self.out_folder,
                 self.GCS_bucket,
+                self,
             )
             for region in self.region_list()
             for start, end in self.windows()
@@ -161,8 +193,10 @@ class Job:
     products: tuple[str, ...]
     out_folder: str
     bucket: str | None
+    owner: ProductionRequest | None = field(default=None, repr=False, compare=False)
+    """The request the job belongs to: it holds the region's grid, computed once."""
 
-    @property
+    @cached_property  # read once per object when a run record is built: keep it a lookup
     def period(self) -> str:
         return naming.period_token(self.start, self.end)
 
@@ -170,12 +204,14 @@ class Job:
     def year(self) -> int:
         return self.start.year
 
-    @property
+    @cached_property
     def job_id(self) -> str:
         """Unique within its request and deterministic: the STAC item id of its outputs."""
         return naming.item_id(self.region.name, self.year, self.period)
 
     def geobox(self) -> GeoBox:
+        if self.owner is not None:
+            return self.owner.region_geobox(self.region)
         return self.region.geobox(self.resolution, self.crs)
 
     def network_set(self, sensor_id: str) -> str:
@@ -219,31 +255,33 @@ def month_window(year: int, month: int) -> tuple[date, date]:
 
 
 def parse_request(
-    data: Mapping[str, Any] | str | bytes, *, request_id: str | None = None, today: date | None = None
+    data: Mapping[str, Any] | str | bytes, *, request_id: str | None = None, today: date | None = None,
+    limits: Limits | None = None, service: bool = False, network_prefixes: tuple[str, ...] = (),
 ) -> ProductionRequest:
-    """Validate and normalise a production dictionary (a mapping, or JSON text/bytes).
+    """Validate and normalise a production dictionary (a mapping, or JSON text/bytes), then check it against the
+    admission ``limits`` (default: :meth:`Limits.from_env`) before anything is planned.
+
+    ``service=True`` is the cloud service's reading: no key may name a local file (``scenes``/``landcover`` are
+    refused, ``networks`` must be a shipped set or a ``gs://`` URI under one of ``network_prefixes``) and the file
+    system is never consulted.
 
     Raises :class:`RequestError` with every problem found.
     """
-    if isinstance(data, (bytes, bytearray)):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RequestError([Problem("(message)", repr(bytes(data[:40])), f"must be UTF-8 JSON: {e}")]) from e
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise RequestError([Problem("(message)", data[:80], f"must be a JSON object: {e}")]) from e
+    limits = limits or Limits.from_env()
+    if isinstance(data, (bytes, bytearray, str)):
+        data = decode_json(data, max_bytes=limits.request_bytes)
     if not isinstance(data, Mapping):
-        raise RequestError([Problem("(message)", data, "must be a JSON object (the production dictionary)")])
+        raise RequestError([Problem("(message)", clip(data), "must be a JSON object (the production dictionary)")])
     raw = dict(data)
     # A normalised request (to_dict) reads back: its output-only 'warnings' are dropped, its 'request_id' kept.
     raw.pop("warnings", None)
     embedded = raw.pop("request_id", None)
     if embedded is not None and request_id is not None and embedded != request_id:
         raise RequestError([Problem("request_id", embedded, f"differs from the message's request_id {request_id!r}")])
-    return _Validator(raw, today or date.today()).run(request_id if request_id is not None else embedded)
+    validator = _Validator(raw, today or date.today(), service, network_prefixes)
+    req = validator.run(request_id if request_id is not None else embedded)
+    check_admission(req, limits)
+    return req
 
 
 _FIELDS = tuple(ProductionRequest.model_fields)
@@ -253,15 +291,22 @@ _PUBLIC_KEYS = tuple(k for k in _FIELDS if k not in ("warnings", "supplied_reque
 class _Validator:
     """Collects every problem instead of stopping at the first."""
 
-    def __init__(self, raw: dict[str, Any], today: date):
+    def __init__(self, raw: dict[str, Any], today: date, service: bool = False,
+                 network_prefixes: tuple[str, ...] = ()):
         self.raw = raw
         self.today = today
+        self.service = service
+        self.network_prefixes = network_prefixes
         self.problems: list[Problem] = []
+        self.suppressed = 0
         self.warnings: list[str] = []
         self.v: dict[str, Any] = {}
 
     def bad(self, key: str, value: Any, rule: str) -> None:
-        self.problems.append(Problem(key, value, rule))
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(key, value, rule))
+        else:
+            self.suppressed += 1
 
     def run(self, request_id: str | None) -> ProductionRequest:
         data = self._resolve_keys()
@@ -269,8 +314,14 @@ class _Validator:
             check: Callable[[Any], None] = getattr(self, f"_check_{key}")
             check(data.get(key, _MISSING))
         self._check_cross()
-        if request_id is not None and not _REQUEST_ID_RE.match(str(request_id)):
-            self.bad("request_id", request_id, "must be 1-128 characters of letters, digits, '_', '.', '-'")
+        if request_id is not None and not (isinstance(request_id, str) and _REQUEST_ID_RE.fullmatch(request_id)):
+            self.bad("request_id", request_id, "must be a string of 1-128 ASCII letters, digits, '_', '.', '-' "
+                     "starting with a letter or digit")
+            request_id = None
+        self._check_key_lengths(request_id)
+        if self.suppressed:
+            self.problems.append(Problem("(request)", f"{self.suppressed} more problem(s)", f"only the first "
+                                         f"{MAX_PROBLEMS} problems are listed; fix these and validate again"))
         if self.problems:
             raise RequestError(self.problems)
         return ProductionRequest(**self.v, warnings=self.warnings, supplied_request_id=request_id)
@@ -280,7 +331,9 @@ class _Validator:
         data: dict[str, Any] = {}
         known_lower = {k.lower(): k for k in _PUBLIC_KEYS}
         for key, value in self.raw.items():
-            if key in LEGACY_KEYS:
+            if not isinstance(key, str):  # a Mapping given by a caller (JSON keys are always strings)
+                self.bad(str(key), value, "keys must be strings")
+            elif key in LEGACY_KEYS:
                 new = LEGACY_KEYS[key]
                 if new in self.raw or new in data:
                     self.bad(key, value, f"legacy key '{key}' conflicts with '{new}'; give only '{new}'")
@@ -352,27 +405,29 @@ class _Validator:
     def _check_dates(self, key: str, value: Any) -> None:
         if value is _MISSING or value is None:
             return
-        if isinstance(value, str):
-            value = [value]
         if not isinstance(value, list) or not value:
-            self.bad(key, value, "must be a non-empty list of ISO dates (YYYY-MM-DD)")
+            self.bad(key, value, "must be a non-empty list of ISO dates (YYYY-MM-DD), e.g. [\"2020-06-01\"]"
+                     + (" (a single date is a list of one)" if isinstance(value, str) else ""))
             return
         out = []
         for d in value:
             try:
-                out.append(date.fromisoformat(d) if isinstance(d, str) and len(d) == 10 else _raise())
+                # Strictly YYYY-MM-DD: fromisoformat alone also takes week dates ("2020-W27-3") and "20200701".
+                out.append(date.fromisoformat(d) if isinstance(d, str) and _ISO_DATE_RE.fullmatch(d) else _raise())
             except ValueError:
                 self.bad(key, d, "must be an ISO date YYYY-MM-DD")
-        if len(out) == len(value):
+                continue
+            if out[-1] > self.today:
+                self.bad(key, d, f"is in the future (today is {self.today.isoformat()}): no data exists yet")
+        if len(out) == len(value) and not any(p.key == key for p in self.problems):
             self.v[key] = out
 
     def _check_tile_names(self, value: Any) -> None:
         if value is _MISSING or value is None:
             return
-        if isinstance(value, str):
-            value = [value]
         if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
-            self.bad("tile_names", value, "must be a non-empty list of tile names like 'tile42' or 'tile42_411'")
+            self.bad("tile_names", value, "must be a non-empty list of tile names like ['tile42', 'tile42_411']"
+                     + (" (a single tile is a list of one)" if isinstance(value, str) else ""))
             return
         ok = True
         for t in value:
@@ -395,6 +450,11 @@ class _Validator:
             return
         ok = True
         for name, geom in value.items():
+            if len(name) > MAX_REGION_NAME_CHARS:
+                self.bad(f"regions.{clip(name, 40)}", name, f"region name must be at most {MAX_REGION_NAME_CHARS} "
+                         "characters")
+                ok = False
+                continue
             if not naming.is_valid_region_name(name):
                 self.bad(
                     f"regions.{name}",
@@ -405,10 +465,23 @@ class _Validator:
             elif grid.is_tile_name(name):
                 self.bad(f"regions.{name}", name, "region name must not be a tile name; use tile_names for tiles")
                 ok = False
+            crs_member = _crs_member(geom)
+            if crs_member is not None:
+                self.bad(f"regions.{name}", crs_member, "the GeoJSON 'crs' member is not supported (RFC 7946 has "
+                         "no 'crs'): give WGS84 lon/lat coordinates and remove 'crs'")
+                ok = False
+                continue
             try:
-                grid.parse_region_geometry(geom)
+                shape = grid.parse_region_geometry(geom)
             except GridError as e:
                 self.bad(f"regions.{name}", _short(geom), str(e))
+                ok = False
+                continue
+            xmin, _, xmax, _ = shape.bounds
+            if xmax - xmin > 180:
+                self.bad(f"regions.{name}", _short(geom), f"spans {xmax - xmin:.1f}° of longitude: coordinates are "
+                         "read literally (lon -180..180), so a polygon crossing the antimeridian is read the long "
+                         "way round; split it at ±180° into a MultiPolygon, or describe a smaller region")
                 ok = False
         if ok:
             self.v["regions"] = {n: _geometry_of(g) for n, g in value.items()}
@@ -417,10 +490,9 @@ class _Validator:
         if value is _MISSING or value is None:
             self.v["prod_names"] = list(products.BIOPHYSICAL)
             return
-        if isinstance(value, str):
-            value = [value]
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-            self.bad("prod_names", value, f"must be a list drawn from {', '.join(products.BIOPHYSICAL)}")
+            self.bad("prod_names", value, f"must be a list drawn from {', '.join(products.BIOPHYSICAL)}"
+                     + (" (a single product is a list of one)" if isinstance(value, str) else ""))
             return
         canon = {p.lower(): p for p in products.BIOPHYSICAL}
         chosen: set[str] = set()
@@ -452,10 +524,19 @@ class _Validator:
     def _check_projection(self, value: Any) -> None:
         if value is _MISSING or value is None:
             return
+        if not isinstance(value, str) or not _CRS_CODE_RE.fullmatch(value):
+            # Only authority codes: WKT, PROJ strings and JSON may name grid files or be megabytes long.
+            self.bad("projection", value, "must be an authority code like 'EPSG:3979'")
+            return
         try:
             crs = CRS.from_user_input(value)
         except (CRSError, TypeError, ValueError):
             self.bad("projection", value, "unknown CRS: give one pyproj knows, e.g. 'EPSG:3979'")
+            return
+        if not (crs.is_projected or crs.is_geographic) or crs.is_geocentric or len(crs.axis_info) != 2:
+            # A raster grid needs a 2D horizontal CRS: not a vertical, geocentric, 3D or compound one.
+            self.bad("projection", value, "must be a 2D projected or geographic CRS (not vertical, geocentric, 3D "
+                     "or compound), e.g. 'EPSG:3979' or 'EPSG:32618'")
             return
         auth = crs.to_authority()
         self.v["projection"] = f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
@@ -492,11 +573,14 @@ class _Validator:
             return
         folder = value.strip("/")
         parts = folder.split("/") if folder else []
-        if any(p in ("", ".", "..") for p in parts) or re.search(r"[\s\\#\[\]*?]", folder) or len(folder) > 512:
+        if any(p in (".", "..") for p in parts):
+            self.bad("out_folder", value, "must be a relative path without '.' or '..' parts")
+        elif len(folder) > MAX_FOLDER_CHARS or not all(FOLDER_PART_RE.fullmatch(p) for p in parts):
             self.bad(
                 "out_folder",
                 value,
-                "must be a relative path of non-empty parts without '..', spaces, backslashes or wildcards",
+                f"must be at most {MAX_FOLDER_CHARS} characters: '/'-separated non-empty parts of ASCII letters, "
+                "digits, '_', '.' and '-' (no spaces, controls, wildcards or invisible/bidi characters)",
             )
         elif parts and parts[0] in (naming.RUNS_DIR, naming.ERRORS_DIR, naming.CATALOG_DIR):
             self.bad("out_folder", value, f"must not start with the reserved folder '{parts[0]}'")
@@ -506,7 +590,7 @@ class _Validator:
     def _check_algorithm(self, value: Any) -> None:
         if value is _MISSING or value is None:
             return
-        norm = {a.lower().replace("_", "-"): a for a in ALGORITHMS}
+        norm = {a.lower().replace("_", "-"): a for a in ALGORITHMS}  # value may be any JSON type: compare as str
         key = value.lower().replace("_", "-") if isinstance(value, str) else None
         if key not in norm:
             self.bad("algorithm", value, f"must be one of {', '.join(ALGORITHMS)}")
@@ -516,14 +600,25 @@ class _Validator:
     def _check_networks(self, value: Any) -> None:
         if value is _MISSING or value is None:
             return
-        if not isinstance(value, str) or not value:
-            self.bad("networks", value, "must be a shipped network set id or a path/URI of a sl2p-nets/1 JSON file")
+        shipped = sorted(p.stem for p in SHIPPED_NETWORKS_DIR.glob("*.json"))
+        if not isinstance(value, str) or not value or len(value) > MAX_NETWORKS_CHARS or "\x00" in value:
+            self.bad("networks", value, "must be a shipped network set id or a path/URI of a sl2p-nets/1 JSON file "
+                     f"(at most {MAX_NETWORKS_CHARS} characters)")
+        elif self.service:
+            # The service never opens a file a message names: shipped ids, or objects under an allowed prefix.
+            if value in shipped:
+                self.v["networks"] = value
+            elif value.startswith("gs://") and any(_under(value, p) for p in self.network_prefixes):
+                self.v["networks"] = value
+            else:
+                where = (f"a gs:// URI under {', '.join(self.network_prefixes)}" if self.network_prefixes
+                         else "no gs:// URIs are allowed (LEAF_ALLOWED_NETWORKS is not set)")
+                self.bad("networks", value, f"the service accepts a shipped set ({', '.join(shipped)}) or {where}")
         elif not (
             value.startswith(("gs://", "http://", "https://"))
             or (SHIPPED_NETWORKS_DIR / f"{value}.json").exists()
-            or Path(value).is_file()
+            or _is_file(value)
         ):
-            shipped = sorted(p.stem for p in SHIPPED_NETWORKS_DIR.glob("*.json"))
             self.bad("networks", value, f"no such file or shipped set; shipped sets: {', '.join(shipped)}")
         else:
             self.v["networks"] = value
@@ -545,7 +640,10 @@ class _Validator:
     def _check_location(self, key: str, value: Any, what: str) -> None:
         if value is _MISSING or value is None:
             return
-        if not isinstance(value, str) or not value:
+        if self.service:
+            self.bad(key, value, f"'{key}' is a key of the local engine ({what}); the cloud service reads its "
+                     "inputs from Earth Engine: remove it")
+        elif not isinstance(value, str) or not value or len(value) > 4096:
             self.bad(key, value, f"must be a path or URL of {what}")
         else:
             self.v[key] = value
@@ -553,10 +651,27 @@ class _Validator:
     def _check_rerun(self, value: Any) -> None:
         if value is _MISSING or value is None:
             return
-        if value not in RERUN_MODES:
+        if not isinstance(value, str) or value not in RERUN_MODES:
             self.bad("rerun", value, f"must be one of {', '.join(RERUN_MODES)}")
         else:
             self.v["rerun"] = value
+
+    def _check_key_lengths(self, request_id: str | None) -> None:
+        """The longest object key the request can make must fit Cloud Storage's 1,024-byte limit."""
+        folder = self.v.get("out_folder", "")
+        names = list(self.v.get("regions") or {}) or list(self.v.get("tile_names") or [])
+        if not names:
+            return
+        region = max(names, key=len)
+        product = max(products.all_product_tokens(), key=len)
+        longest = naming.OutputName(folder, region, 2000, "20000101-20001231", product, 100_000, (0, 0)).key()
+        rid = request_id or "x" * 20
+        keys = [longest, naming.item_key(folder, region, 2000, "20000101-20001231"),
+                naming.run_record_key(folder, rid), naming.collection_key(folder, rid)]
+        worst = max(keys, key=lambda k: len(k.encode()))
+        if len(worst.encode()) > GCS_MAX_KEY_BYTES:
+            self.bad("out_folder", folder, f"object keys such as {clip(worst, 80)!r} would be {len(worst.encode())} "
+                     f"bytes; Cloud Storage allows {GCS_MAX_KEY_BYTES}: use a shorter out_folder or region names")
 
     # -- rules across keys ---------------------------------------------------------------------------------------
     def _check_cross(self) -> None:
@@ -601,9 +716,14 @@ class _Validator:
                         [d.isoformat() for d in ends],
                         f"must have as many entries as start_dates ({len(starts)}), got {len(ends)}",
                     )
+                seen: set[tuple[date, date]] = set()
                 for s, e in zip(starts, ends, strict=False):
                     if e < s:
                         self.bad("end_dates", e.isoformat(), f"ends before its start date {s.isoformat()}")
+                    if (s, e) in seen:
+                        self.bad("start_dates/end_dates", f"{s.isoformat()}..{e.isoformat()}",
+                                 "the same window is listed twice; list each window once")
+                    seen.add((s, e))
                 if sensor:
                     for d in [*starts, *ends]:
                         self._check_in_life("start_dates/end_dates", d.year, sensor, d.isoformat())
@@ -659,6 +779,30 @@ _MISSING: Any = _Missing()
 
 def _raise() -> date:
     raise ValueError
+
+
+def _crs_member(geojson: Any) -> Any:
+    """The 'crs' member of a GeoJSON object or of a Feature's geometry, when there is one."""
+    if not isinstance(geojson, dict):
+        return None
+    if "crs" in geojson:
+        return geojson["crs"]
+    geometry = geojson.get("geometry")
+    return geometry.get("crs") if isinstance(geometry, dict) else None
+
+
+def _under(uri: str, prefix: str) -> bool:
+    """Is ``uri`` an object under ``prefix`` (``gs://bucket`` or ``gs://bucket/folder``), without '..' tricks?"""
+    base = prefix.rstrip("/") + "/"
+    rest = uri[len(base):]
+    return uri.startswith(base) and bool(rest) and not any(p in ("", ".", "..") for p in rest.split("/"))
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def _is_int(v: Any) -> bool:

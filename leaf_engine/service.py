@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib
-import json
 import os
 import time
 import traceback
@@ -26,17 +25,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import logs
+from . import admission, logs
 from .catalogue import expectations_dict, update_json
 from .catalogue.expectations import ExpectedItem
 from .catalogue.records import COMPLETE, PENDING, SKIPPED, CatalogueResult, ObjectEvent, catalogue_object
-from .catalogue.runs import CLAIMED, FAILED, INVALID, PROCESSING, RERUNNABLE, SUCCEEDED
+from .catalogue.runs import CLAIMED, FAILED, INVALID, PROCESSING, SUCCEEDED, list_runs
 from .catalogue.stac import collection_id, ensure_root_catalog, new_collection, now_iso
 from .catalogue.tile_ready import Publisher
+from .decoding import clip, decode_json, excerpt
 from .errors import LeafError, Problem, RequestError, TransientError, jsonable
-from .naming import collection_key, error_record_key, item_key, run_record_key
+from .limits import Limits
+from .naming import (
+    CATALOG_DIR,
+    ERRORS_DIR,
+    RUNS_DIR,
+    collection_key,
+    error_record_key,
+    error_records_prefix,
+    item_key,
+    run_record_key,
+)
 from .plan import Plan, make_plan
-from .request import ProductionRequest, parse_request
+from .request import FOLDER_PART_RE, MAX_FOLDER_CHARS, ProductionRequest, gcs_bucket_problem, parse_request
 from .sinks import GcsSink, PreconditionFailed, Sink, SinkError, parse_gs_uri
 
 RUN_SCHEMA = "leaf-run/1"
@@ -60,6 +70,12 @@ class ServiceConfig:
     tile_ready_topic: str | None = None
     errors_uri: str | None = None
     ee_url: str | None = None
+    allowed_outputs: tuple[tuple[str, str], ...] | None = None
+    """LEAF_ALLOWED_OUTPUTS as (bucket, prefix) pairs; None: not restricted (see leaf_engine.admission)."""
+    allowed_networks: tuple[str, ...] = ()
+    """LEAF_ALLOWED_NETWORKS: gs:// prefixes a request's ``networks`` file may be under."""
+    limits: Limits = field(default_factory=Limits)
+    """Admission limits (LEAF_LIMIT_<NAME>)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServiceConfig:
@@ -71,7 +87,10 @@ class ServiceConfig:
         if errors_uri:
             parse_gs_uri(errors_uri)
         return cls(e.get("GOOGLE_CLOUD_PROJECT") or None, backend, e.get("LEAF_TILE_READY_TOPIC") or None,
-                   errors_uri, e.get("LEAF_EE_URL") or None)
+                   errors_uri, e.get("LEAF_EE_URL") or None,
+                   allowed_outputs=admission.parse_allowed_outputs(e.get(admission.ALLOWED_OUTPUTS_ENV)),
+                   allowed_networks=admission.parse_allowed_networks(e.get(admission.ALLOWED_NETWORKS_ENV)),
+                   limits=Limits.from_env(e))
 
 
 @dataclass(frozen=True)
@@ -114,41 +133,59 @@ def new_run_record(req: ProductionRequest, plan: Plan, config: ServiceConfig, me
     }
 
 
-def _error_id(msg: RequestMessage) -> str:
+MAX_RECORDED_PROBLEMS = 50
+"""An error record lists at most this many problems (and says how many there were)."""
+
+
+def _known_request_id(msg: RequestMessage, raw: Any) -> Any:
+    """The request id a message claims (attribute first, then the body's), whatever its type; None if none."""
     rid = msg.attributes.get("request_id")
-    if rid and all(c.isalnum() or c in "_.-" for c in rid):
-        return rid
-    # Deterministic: a redelivered bad message overwrites its record instead of adding one.
-    return "msg-" + hashlib.sha256(msg.data).hexdigest()[:20]
+    if rid is None and isinstance(raw, dict):
+        rid = raw.get("request_id")
+    return rid
 
 
-def _excerpt(data: bytes, limit: int = 2000) -> str:
-    try:
-        return data[:limit].decode("utf-8")
-    except UnicodeDecodeError:
-        return repr(data[:limit])
+def _error_id(msg: RequestMessage, raw: Any = None) -> str:
+    # Deterministic: a redelivered bad message overwrites its own record instead of adding one.
+    return admission.error_id(_known_request_id(msg, raw), msg.data)
 
 
-def error_record(msg: RequestMessage, error_id: str, problems: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+def _message_token(msg: RequestMessage) -> str:
+    """The message's part of its error record's name: unique per message id."""
+    if msg.message_id:
+        return admission.sanitized_message_id(msg.message_id)
+    return "nomsgid-" + hashlib.sha256(msg.data).hexdigest()[:16]
+
+
+def error_record(msg: RequestMessage, error_id: str, problems: list[dict[str, Any]], kind: str,
+                 request_id: Any = None) -> dict[str, Any]:
     return {
-        "schema": ERROR_SCHEMA, "error_id": error_id, "error": kind, "received_at": now_iso(),
-        "message_id": msg.message_id, "attributes": dict(msg.attributes), "problems": problems,
-        "data_excerpt": _excerpt(msg.data),
+        "schema": ERROR_SCHEMA, "error_id": error_id, "request_id": clip(request_id), "error": kind,
+        "received_at": now_iso(), "message_id": clip(msg.message_id),
+        "attributes": {clip(k, 100): clip(v) for k, v in list(msg.attributes.items())[:100]},
+        "problems": [jsonable(p) for p in problems[:MAX_RECORDED_PROBLEMS]], "problems_total": len(problems),
+        "data_bytes": len(msg.data), "data_excerpt": excerpt(msg.data),
     }
 
 
-def _raw_destination(data: bytes) -> tuple[str | None, str]:
-    """Bucket and folder named by a message that failed validation (legacy spellings too), when readable."""
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None, ""
+def _raw_destination(raw: Any, allowed: tuple[tuple[str, str], ...] | None) -> tuple[str | None, str]:
+    """Bucket and folder named by a message that failed validation (legacy spellings too), when they are valid
+    names under the allowed outputs; else (None, "") and the record goes to LEAF_ERRORS_URI."""
     if not isinstance(raw, dict):
         return None, ""
     bucket = raw.get("GCS_bucket", raw.get("bucket"))
     folder = raw.get("out_folder", raw.get("folder", ""))
-    ok_bucket = isinstance(bucket, str) and 3 <= len(bucket) <= 222 and "/" not in bucket
-    return (bucket if ok_bucket else None), (folder.strip("/") if isinstance(folder, str) else "")
+    if not isinstance(bucket, str) or gcs_bucket_problem(bucket) or not isinstance(folder, str):
+        return None, ""
+    folder = folder.strip("/")
+    parts = folder.split("/") if folder else []
+    if len(folder) > MAX_FOLDER_CHARS or not all(FOLDER_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts):
+        return None, ""
+    if parts and parts[0] in (RUNS_DIR, ERRORS_DIR, CATALOG_DIR):
+        return None, ""
+    if not admission.output_allowed(allowed, bucket, folder):
+        return None, ""
+    return bucket, folder
 
 
 # ------------------------------------------------------------------------------------------------ handling
@@ -165,40 +202,49 @@ class RequestService:
         self.clock = clock
 
     # -- invalid messages ---------------------------------------------------------------------------------
-    def reject(self, msg: RequestMessage, problems: list[dict[str, Any]], kind: str = "invalid_request"
-               ) -> StartResult:
-        """Write an error record (next to the outputs, else under LEAF_ERRORS_URI), log it, and acknowledge."""
-        error_id = _error_id(msg)
-        record = error_record(msg, error_id, problems, kind)
-        where = self._write_error(msg, error_id, record)
+    def reject(self, msg: RequestMessage, problems: list[Any], kind: str = "invalid_request", *,
+               raw: Any = None) -> StartResult:
+        """Write one error record (next to the outputs when they are allowed, else under LEAF_ERRORS_URI), log
+        it, and acknowledge. ``raw``: the decoded body, when it decoded. Raises only TransientError."""
+        problems = [p.to_dict() if isinstance(p, Problem) else p for p in problems]
+        request_id = _known_request_id(msg, raw)
+        error_id = _error_id(msg, raw)
+        record = error_record(msg, error_id, problems, kind, request_id)
+        where = self._write_error(msg, raw, error_id, record)
         logs.error(f"invalid production message ({len(problems)} problem(s)); error record: {where or 'none'}",
-                   request_id=error_id, problems=problems, message_id=msg.message_id)
-        return StartResult("invalid", error_id, where, problems=problems)
+                   request_id=error_id, problems=record["problems"], message_id=clip(msg.message_id))
+        return StartResult("invalid", error_id, where, problems=record["problems"])
 
-    def _write_error(self, msg: RequestMessage, error_id: str, record: dict[str, Any]) -> str | None:
-        bucket, folder = _raw_destination(msg.data)
+    def _write_error(self, msg: RequestMessage, raw: Any, error_id: str, record: dict[str, Any]) -> str | None:
+        bucket, folder = _raw_destination(raw, self.config.allowed_outputs)
         targets = [(bucket, folder)] if bucket else []
         if self.config.errors_uri:
             targets.append(parse_gs_uri(self.config.errors_uri))
+        transient: TransientError | None = None
         for b, prefix in targets:
             sink = self.sink_for(b)
-            key = error_record_key(prefix, error_id)
+            key = error_record_key(prefix, error_id, _message_token(msg))
             try:
                 sink.write_json(key, record)
-                if "request_id" in msg.attributes and b == bucket:
+                if b == bucket and error_id == record["request_id"]:
                     self._mark_invalid(sink, folder, error_id, record)
                 return sink.uri(key)
+            except TransientError as e:
+                transient = e
+                logs.warning(f"could not write the error record to {sink.uri(key)}: {e}", request_id=error_id)
             except (SinkError, LeafError) as e:
                 logs.warning(f"could not write the error record to {sink.uri(key)}: {e}", request_id=error_id)
             except Exception as e:  # a missing bucket surfaces as the SDK's NotFound: try the next target
                 logs.warning(f"could not write the error record to {sink.uri(key)}: {type(e).__name__}: {e}",
                              request_id=error_id)
+        if transient is not None:  # nothing written, and retrying may help: have the message redelivered
+            raise transient
         return None
 
     def _mark_invalid(self, sink: Sink, folder: str, request_id: str, record: dict[str, Any]) -> None:
         def mutate(doc: dict | None) -> tuple[dict | None, None]:
-            if doc is not None and doc.get("state") not in RERUNNABLE:
-                return None, None  # never overwrite a real run with a bad copy of its message
+            if doc is not None:
+                return None, None  # never replace any run's record (FAILED ones too) with a bad copy of its message
             now = now_iso()
             return {"schema": RUN_SCHEMA, "request_id": request_id, "state": INVALID, "created": now,
                     "updated": now, "out_folder": folder, "errors": record["problems"],
@@ -208,19 +254,44 @@ class RequestService:
 
     # -- valid messages -----------------------------------------------------------------------------------
     def handle(self, msg: RequestMessage) -> StartResult:
+        """One answer per message: a run started (or found), or one error record. Raises only TransientError."""
         try:
-            req = parse_request(msg.data, request_id=msg.attributes.get("request_id"))
+            return self._handle(msg)
+        except TransientError:
+            raise
+        except Exception as e:  # a bug must not turn a message into a redelivery loop: record it, acknowledge
+            logs.error(f"the service failed on a message: {type(e).__name__}: {clip(str(e))}",
+                       message_id=clip(msg.message_id), stack_trace=traceback.format_exc())
+            problem = Problem("(service)", type(e).__name__, f"the service could not handle this message "
+                              f"({clip(str(e))}); it was recorded and acknowledged: report it to the operators")
+            return self.reject(msg, [problem], "internal_error")
+
+    def _handle(self, msg: RequestMessage) -> StartResult:
+        try:
+            raw = decode_json(msg.data, max_bytes=self.config.limits.request_bytes)
         except RequestError as e:
-            return self.reject(msg, [p.to_dict() for p in e.problems])
+            return self.reject(msg, e.problems)
+        try:
+            req = parse_request(raw, request_id=msg.attributes.get("request_id"), limits=self.config.limits,
+                                service=True, network_prefixes=self.config.allowed_networks)
+        except RequestError as e:
+            return self.reject(msg, e.problems, raw=raw)
         if req.out_location != "storage" or not req.GCS_bucket:
             problem = Problem("out_location", req.out_location,
                               "the cloud service writes to GCS: use out_location 'storage' with a GCS_bucket")
-            return self.reject(msg, [problem.to_dict()])
+            return self.reject(msg, [problem], raw=raw)
+        refused = admission.output_problems(self.config.allowed_outputs, req)
+        if refused:
+            return self.reject(msg, refused, "forbidden_destination", raw=raw)
         try:
-            return self.start(req, msg.message_id or _error_id(msg))
+            conflict = admission.conflict_problems(list_runs(self.sink_for(req.GCS_bucket), req.out_folder), req,
+                                                   set(make_plan(req).expected_objects()))
+            if conflict:
+                return self.reject(msg, conflict, "conflicting_request", raw=raw)
+            return self.start(req, msg.message_id or _error_id(msg, raw))
         except SinkError as e:  # no such bucket, no permission: retrying will not help
             problem = Problem("GCS_bucket", req.GCS_bucket, f"cannot write the run record: {e}")
-            return self.reject(msg, [problem.to_dict()], "unwritable_destination")
+            return self.reject(msg, [problem], "unwritable_destination", raw=raw)
 
     def start(self, req: ProductionRequest, message_id: str) -> StartResult:
         sink = self.sink_for(req.GCS_bucket or "")
@@ -459,7 +530,7 @@ def run_status(sink: Sink, request_id: str, out_folder: str = "") -> dict[str, A
         errs = error_records(sink, out_folder, request_id)  # one per invalid message, newest first
         if not errs:
             raise LeafError(f"no run record {sink.uri(run_record_key(out_folder, request_id))} and no error record "
-                            f"under {sink.uri(error_record_key(out_folder, request_id)).removesuffix('.json')}*; "
+                            f"under {sink.uri(error_records_prefix(out_folder, request_id))}*; "
                             "check the request id, --bucket/--out and --folder (the request's out_folder)")
         return {"request_id": request_id, "state": INVALID, "errors": errs[0][1].get("problems", []),
                 "error_record": sink.uri(errs[0][0]), "error_records": [sink.uri(k) for k, _ in errs]}

@@ -208,6 +208,11 @@ class LocalSink:
             return None
         return path.stat().st_size, base64.b64encode(digest.digest()).decode("ascii")
 
+    def generation(self, key: str) -> int | None:
+        """The object's current generation (None when it does not exist)."""
+        path = self._path(key)
+        return self._generation(path) if path.is_file() else None
+
 
 # ------------------------------------------------------------------------------------------------------- GCS
 
@@ -217,10 +222,14 @@ _READ_CHUNK = 256 * 1024
 
 def _retrying(what: str, call: Callable[[], T]) -> T:
     """Run a GCS call; retry 429/5xx with jittered backoff, then raise TransientError so the platform retries."""
+    import requests
     from google.api_core import exceptions as gex
 
+    # requests' ConnectionError/Timeout are not the builtin ConnectionError: a reset or a lost answer on a call the
+    # client does not retry itself would otherwise escape as a permanent failure.
     transient = (gex.TooManyRequests, gex.InternalServerError, gex.BadGateway, gex.ServiceUnavailable,
-                 gex.GatewayTimeout, ConnectionError)
+                 gex.GatewayTimeout, ConnectionError, requests.exceptions.ConnectionError,
+                 requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError)
     delay = 0.2
     for attempt in range(_RETRY_ATTEMPTS):
         try:
@@ -329,12 +338,17 @@ class GcsSink:
 
     def list(self, prefix: str) -> list[str]:
         p = prefix.strip("/")
-        return sorted(_retrying(f"list {self.uri(p)}",
-                                lambda: [b.name for b in self.bucket.client.list_blobs(self.bucket, prefix=p)]))
+        return sorted(self._writing(f"list {self.uri(p)}",  # _writing: a missing bucket is a SinkError
+                                    lambda: [b.name for b in self.bucket.client.list_blobs(self.bucket, prefix=p)]))
 
     def stat(self, key: str) -> tuple[int, str] | None:
         blob = _retrying(f"stat {self.uri(key)}", lambda: self.bucket.get_blob(key.strip("/")))
         return None if blob is None else (int(blob.size), str(blob.md5_hash or blob.crc32c or ""))
+
+    def generation(self, key: str) -> int | None:
+        """The object's current generation, from its metadata (None when it does not exist)."""
+        blob = _retrying(f"stat {self.uri(key)}", lambda: self.bucket.get_blob(key.strip("/")))
+        return None if blob is None else int(blob.generation)
 
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:

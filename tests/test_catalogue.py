@@ -83,13 +83,13 @@ def test_defective_file_blocks_completeness_until_replaced(sink: LocalSink, tmp_
     write_outputs(sink, record, tmp_path, [bad], width=299)  # one column short: wrong size and grid
     pub = RecordingPublisher()
     for i, k in enumerate(keys):
-        catalogue_object(sink, _event(sink, k, f"e{i}", generation=1), publisher=pub)
+        catalogue_object(sink, _event(sink, k, f"e{i}", generation=sink.generation(k)), publisher=pub)
     item = _item(sink, "f")
     assert not item["properties"]["leaf:complete"] and not pub.messages
     assert "299x300" in item["properties"]["leaf:problems"][bad]["errors"][0]
 
     write_outputs(sink, record, tmp_path, [bad])  # a new generation fixes it
-    result = catalogue_object(sink, _event(sink, bad, "fix", generation=2), publisher=pub)
+    result = catalogue_object(sink, _event(sink, bad, "fix", generation=sink.generation(bad)), publisher=pub)
     assert result.complete and result.published and len(pub.messages) == 1
     assert bad not in _item(sink, "f")["properties"]["leaf:problems"]
 
@@ -111,10 +111,29 @@ def test_older_generation_does_not_replace_newer(sink: LocalSink, tmp_path: Path
     record = write_run(sink, small_request("f"))
     key = next(iter(record["objects"]))
     write_outputs(sink, record, tmp_path, [key])
-    assert catalogue_object(sink, _event(sink, key, "new", generation=7)).status == "recorded"
-    assert catalogue_object(sink, _event(sink, key, "old", generation=3)).status == "stale"
+    first = sink.generation(key)
+    write_outputs(sink, record, tmp_path, [key])  # rewritten: a newer generation
+    current = sink.generation(key)
+    assert first is not None and current is not None and current > first
+    assert catalogue_object(sink, _event(sink, key, "new", generation=current)).status == "recorded"
+    assert catalogue_object(sink, _event(sink, key, "old", generation=first)).status == "stale"  # late event
     shard = _item(sink, "f")["assets"][record["objects"][key]["product"]]["leaf:shards"][0]
-    assert shard["leaf:generation"] == 7
+    assert shard["leaf:generation"] == current
+
+
+def test_a_forged_generation_is_not_trusted(sink: LocalSink, tmp_path: Path) -> None:
+    """An event claiming generation 9999999999999999999 is catalogued as the object's real generation, so the
+    next real event is not taken for stale."""
+    record = write_run(sink, small_request("f"))
+    key = next(iter(record["objects"]))
+    write_outputs(sink, record, tmp_path, [key])
+    assert catalogue_object(sink, _event(sink, key, "forged", generation=9999999999999999999)).status == "recorded"
+    shard = _item(sink, "f")["assets"][record["objects"][key]["product"]]["leaf:shards"][0]
+    assert shard["leaf:generation"] == sink.generation(key)
+    write_outputs(sink, record, tmp_path, [key])  # the real producer writes it again
+    assert catalogue_object(sink, _event(sink, key, "real", generation=sink.generation(key))).status == "recorded"
+    shard = _item(sink, "f")["assets"][record["objects"][key]["product"]]["leaf:shards"][0]
+    assert shard["leaf:generation"] == sink.generation(key)
 
 
 def test_foreign_and_unplanned_objects(sink: LocalSink) -> None:

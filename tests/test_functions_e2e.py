@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from leaf_engine.catalogue import ExpectedObject
-from leaf_engine.naming import collection_key, error_record_key, item_key, run_record_key
+from leaf_engine.naming import collection_key, error_records_prefix, item_key, run_record_key
 from leaf_engine.sinks import GcsSink
 from tests.support.emulators import (
     ERRORS_BUCKET,
@@ -225,13 +225,14 @@ def test_malformed_message_writes_error_record_once(stack: Stack, payload: bytes
 
     error_id = "msg-" + hashlib.sha256(payload).hexdigest()[:20]
     if where == "bucket":
-        bucket, key = BUCKET, error_record_key("e2e/bad", error_id)
+        bucket, prefix = BUCKET, error_records_prefix("e2e/bad", error_id)
     else:
-        bucket, key = ERRORS_BUCKET, error_record_key("bad-messages", error_id)
+        bucket, prefix = ERRORS_BUCKET, error_records_prefix("bad-messages", error_id)
     stack.publish(payload)
-    blob_ok = lambda: storage.Client().bucket(bucket).get_blob(key) is not None  # noqa: E731
-    wait_for(blob_ok, 30, f"error record gs://{bucket}/{key}")
-    record = json.loads(storage.Client().bucket(bucket).get_blob(key).download_as_bytes())
+    found = lambda: [b.name for b in storage.Client().list_blobs(bucket, prefix=prefix)]  # noqa: E731
+    wait_for(lambda: bool(found()), 30, f"error record gs://{bucket}/{prefix}*")
+    assert len(found()) == 1  # one record per message
+    record = json.loads(storage.Client().bucket(bucket).get_blob(found()[0]).download_as_bytes())
     assert record["problems"], record
     if where == "bucket":
         keys = {p["key"] for p in record["problems"]}

@@ -219,9 +219,10 @@ def test_invalid_request_lists_every_problem_next_to_the_outputs(env) -> None:
     bad = _raw(sensor="S9_SR", resolution=-5, months=[13])
     result = service.handle(_msg(bad, "m1", request_id="bad-1"))
     assert result.status == "invalid" and not backend.starts
-    record, _ = buckets(BUCKET).read_json(error_record_key("prod", "bad-1"))
+    record, _ = buckets(BUCKET).read_json(error_record_key("prod", "bad-1", "m1"))
     assert {"sensor", "resolution", "months"} <= {p["key"] for p in record["problems"]}
-    assert result.record_uri == buckets(BUCKET).uri(error_record_key("prod", "bad-1"))
+    assert record["request_id"] == "bad-1" and record["message_id"] == "m1"
+    assert result.record_uri == buckets(BUCKET).uri(error_record_key("prod", "bad-1", "m1"))
     assert _record(buckets, "bad-1")["state"] == "INVALID"
     # the same request id, now valid, may run
     assert service.handle(_msg(_raw(), "m2", request_id="bad-1")).status == "started"
@@ -233,7 +234,7 @@ def test_unreadable_message_goes_to_the_errors_prefix(env, data: bytes) -> None:
     service, _backend, buckets = env
     result = service.handle(_msg(data))
     assert result.status == "invalid" and result.request_id.startswith("msg-")  # type: ignore[union-attr]
-    got = buckets("leaf-errors").read_json(error_record_key("bad", result.request_id))  # type: ignore[arg-type]
+    got = buckets("leaf-errors").read_json(error_record_key("bad", result.request_id, "m1"))  # type: ignore[arg-type]
     assert got is not None and got[0]["problems"] and got[0]["message_id"] == "m1"
     assert BUCKET not in buckets.sinks
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import logs
+from ..decoding import clip
 from ..errors import NamingError
 from ..naming import OutputName, collection_key, item_key
 from ..sinks import Sink
@@ -177,6 +178,28 @@ def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, status: st
     return update_json(sink, key, mutate)
 
 
+def _trusted(sink: Sink, event: ObjectEvent) -> tuple[ObjectEvent | None, str]:
+    """The event with a generation the catalogue may trust — the object's current one, from its metadata — or
+    (None, why not) when the event is older than the object or the object is gone.
+
+    An event's own generation is believed only when it matches: a forged one (9999999999999999999) would make
+    every later real file "stale", and an old event arriving late describes an object that is no longer there.
+    """
+    current_of = getattr(sink, "generation", None)
+    if event.generation is None or not callable(current_of):
+        return event, ""
+    current = current_of(event.key)
+    if current is None:
+        return None, "the object no longer exists"
+    if current == event.generation:
+        return event, ""
+    if event.generation < current:
+        return None, "the event is older than the object's current generation"
+    logs.warning(f"event generation {clip(event.generation)} is not the object's current {current}: "
+                 "cataloguing the current object", object=event.key, event_id=event.event_id)
+    return replace(event, generation=current, size=None, md5_hash=None), ""  # size/md5 re-read for that object
+
+
 def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Publisher | None = None,
                      clock: Callable[[], float] = time.time) -> CatalogueResult:
     """Add one finalized object to its item and collection; publish tile-ready when the item is complete."""
@@ -193,6 +216,10 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
     ctx = {"request_id": run["request_id"], "region": exp_item.region, "period": exp_item.period,
            "item_id": exp_item.item_id, "object": event.key, "event_id": event.event_id}
 
+    trusted, why_not = _trusted(sink, event)
+    if trusted is None:
+        return CatalogueResult("stale", event.key, run["request_id"], exp_item.item_id, reason=why_not)
+    event = trusted
     check = check_object(sink, event.key, exp_obj)
     size, md5 = event.size, event.md5_hash
     if size is None:

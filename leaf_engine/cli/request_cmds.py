@@ -11,25 +11,39 @@ from rich.table import Table
 
 from .. import grid
 from ..errors import Problem, RequestError
+from ..limits import Limits
 from ..plan import make_plan
 from ..request import ProductionRequest, parse_request
 from ._app import app, console, console_err
 
 RequestPath = Annotated[Path, typer.Argument(help="Production request (JSON file, or - for standard input).")]
+LimitOption = Annotated[list[str] | None, typer.Option(
+    "--limit", help="Override an admission limit, NAME=VALUE (e.g. pixels_per_job=2e10); repeatable. "
+    "Defaults and LEAF_LIMIT_<NAME>: see README.")]
 
 
-def read_request(path: Path) -> ProductionRequest:
-    """Read and validate a request file; warnings go to stderr."""
+def limits_from(options: list[str] | None) -> Limits:
+    return Limits.from_env(**dict(Limits.parse_option(o) for o in options or []))
+
+
+def read_request(path: Path, limits: Limits | None = None) -> ProductionRequest:
+    """Read and validate a request file (admission limits included); warnings go to stderr."""
+    limits = limits or Limits.from_env()
+    cap = limits.request_bytes + 1  # read no more than the limit: a huge file is refused, not loaded
     if str(path) == "-":
         import sys
 
-        text = sys.stdin.buffer.read()
+        text = sys.stdin.buffer.read(cap)
     else:
         try:
-            text = path.read_bytes()
+            with open(path, "rb") as f:
+                text = f.read(cap)
         except OSError as e:
             raise RequestError([Problem("(file)", str(path), f"cannot read the request file: {e.strerror}")]) from e
-    req = parse_request(text)
+    if len(text) == cap:
+        raise RequestError([Problem("(file)", str(path), f"is larger than the admission limit request_bytes = "
+                                    f"{limits.request_bytes:,} (LEAF_LIMIT_REQUEST_BYTES): split the request")])
+    req = parse_request(text, limits=limits)
     for w in req.warnings:
         console_err.print(f"warning: {w}", markup=False, highlight=False)
     return req
@@ -40,9 +54,10 @@ def _print_json(data: object) -> None:
 
 
 @app.command()
-def validate(request: RequestPath) -> None:
-    """Check a request: print the normalised request as JSON (exit 0), or every problem (exit 2)."""
-    _print_json(read_request(request).to_dict())
+def validate(request: RequestPath, limit: LimitOption = None) -> None:
+    """Check a request, admission limits included: print the normalised request as JSON (exit 0), or every
+    problem (exit 2)."""
+    _print_json(read_request(request, limits_from(limit)).to_dict())
 
 
 @app.command()
@@ -87,9 +102,10 @@ def _size(n: float) -> str:
 def plan(
     request: RequestPath,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole plan as JSON.")] = False,
+    limit: LimitOption = None,
 ) -> None:
     """Pre-flight: jobs, output files, pixels and estimated bytes, Earth Engine tasks and shards."""
-    req = read_request(request)
+    req = read_request(request, limits_from(limit))
     p = make_plan(req)
     if as_json:
         _print_json(p.to_dict())
