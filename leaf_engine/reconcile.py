@@ -72,7 +72,7 @@ DEFAULT_BUDGET_S = 240.0
 LEASE_S = 300.0
 """A start claim or reconcile lease older than this is abandoned (its handler died). Longer than the budget, and
 shorter than the 600 s ack deadline, so the first redelivery after a crash always finds the claim expired."""
-SAVE_EVERY = 25
+SAVE_EVERY = 100
 """Started tasks between two saves of the record (a crash in between only repeats starts under the same
 requestIds, which Earth Engine refuses as duplicates)."""
 ACTIVE_DIR = "_leaf/active"
@@ -277,7 +277,6 @@ def submit_queued(sink: Sink, p: Pass, backend: TaskBackend, slots: Slots, deadl
                   config: LifecycleConfig, clock: Callable[[], float] = time.time) -> int:
     """Start queued tasks whose backoff is over while slots are free and before ``deadline`` (monotonic).
     Saves the record every :data:`SAVE_EVERY` starts. Returns how many were started."""
-    from .backends.gee.exports import ALREADY_STARTED
     from .errors import EarthEngineError
 
     req = record_request(p.record.to_doc())
@@ -308,8 +307,7 @@ def submit_queued(sink: Sink, p: Pass, backend: TaskBackend, slots: Slots, deadl
         for t in tasks:
             r = by_product[t.product]
             p.change(t, state=T_PENDING, attempts=attempts[t.product], request_id=r.request_id,
-                     task_id=r.task_id, started=now_iso(), ended=None, attempt_eecu_s=0.0,
-                     error=t.error if r.state == ALREADY_STARTED else None)
+                     task_id=r.task_id, started=now_iso(), ended=None, attempt_eecu_s=0.0)
             slots.free -= 1
             started += 1
             unsaved += 1

@@ -94,12 +94,12 @@ class EarthEngineTasks:
         """Start the given products of ``job`` (product → attempt number). Returns (job image, StartedExport
         per product), so the caller can reuse the image for the job's other products."""
         from ...plan import EE_FILE_DIMENSIONS
-        from . import _band, exports, job_graph
+        from . import _band, exports
 
         _ = self.project  # initialise before building the graph
         specs = [s for s in exports.export_specs(job, EE_FILE_DIMENSIONS, attempts) if s.product in attempts]
         if image is None:
-            image = job_graph.job_image(job)
+            image = self.job_image(job)
         pacer = self.pacer or exports.StartPacer()
         backoff = self.backoff or exports.Backoff()
         started = []
@@ -108,6 +108,12 @@ class EarthEngineTasks:
             pacer.wait()
             started.append(exports.start_one(spec, config, backoff))
         return image, started
+
+    def job_image(self, job: Any) -> Any:
+        """The job's whole computation (one band per product)."""
+        from . import job_graph
+
+        return job_graph.job_image(job)
 
     def description(self, job: Any, product: str, attempt: int) -> str:
         """The task description of one attempt (how a start whose answer was lost is found again)."""
