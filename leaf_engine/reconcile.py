@@ -72,7 +72,7 @@ DEFAULT_BUDGET_S = 240.0
 LEASE_S = 300.0
 """A start claim or reconcile lease older than this is abandoned (its handler died). Longer than the budget, and
 shorter than the 600 s ack deadline, so the first redelivery after a crash always finds the claim expired."""
-SAVE_EVERY = 100
+SAVE_EVERY = 500
 """Started tasks between two saves of the record (a crash in between only repeats starts under the same
 requestIds, which Earth Engine refuses as duplicates)."""
 ACTIVE_DIR = "_leaf/active"
@@ -193,6 +193,7 @@ class Pass:
     record: RunRecord
     token: str
     patches: dict[str, tuple[int, str, TaskRecord]] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict)
 
     def change(self, task: TaskRecord, **updates: Any) -> TaskRecord:
         """Change one task (as a patch on what this pass read, so a concurrent change is detected)."""
@@ -200,8 +201,9 @@ class Pass:
         base = self.patches[key][:2] if key in self.patches else (task.attempts, task.state)
         new = task.model_copy(update=updates)
         self.patches[key] = (base[0], base[1], new)
-        idx = next(i for i, t in enumerate(self.record.tasks) if t.key == key)
-        self.record.tasks[idx] = new
+        if len(self._index) != len(self.record.tasks):
+            self._index = {t.key: i for i, t in enumerate(self.record.tasks)}
+        self.record.tasks[self._index[key]] = new
         return new
 
 
@@ -239,7 +241,7 @@ def save(sink: Sink, p: Pass, run_change: Callable[[RunRecord], None] | None = N
         return fresh, fresh
 
     fresh = update_run(sink, p.record.out_folder, p.record.request_id, mutate)
-    p.record, p.patches = fresh, {}
+    p.record, p.patches, p._index = fresh, {}, {}
     return fresh
 
 

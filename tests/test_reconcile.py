@@ -203,6 +203,7 @@ def test_a_handler_stops_starting_at_its_time_budget(tmp_path: Path, ee_standin:
     assert w.record(raw).counts() == {"PENDING": 6} and w.record(raw).state == "PROCESSING"
 
 
+@pytest.mark.slow
 def test_thousands_of_tasks_over_the_limit_complete(tmp_path: Path, ee_standin: EEStandIn) -> None:
     """3,600 exports with at most 3,000 in flight: the start takes what fits, the reconciler the rest."""
     config = reconcile.LifecycleConfig(max_in_flight=3000, retry_backoff_s=0.0, budget_s=500.0)

@@ -89,6 +89,7 @@ class EEStandIn:
         self._algorithms = _shipped_json("algorithms.json")
         self._failures: list[_Failure] = []
         self._by_request_id: dict[str, str] = {}
+        self._by_task_id: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -147,10 +148,10 @@ class EEStandIn:
             return op
 
     def _find(self, task_id: str) -> dict:
-        for name, op in self.operations.items():
-            if name == task_id or name.rsplit("/", 1)[-1] == task_id:
-                return op
-        raise KeyError(task_id)
+        op = self.operations.get(task_id) or self._by_task_id.get(task_id)
+        if op is None:
+            raise KeyError(task_id)
+        return op
 
     # -- the task lifecycle -----------------------------------------------------------------------------------
     def task_ids(self, *states: str) -> list[str]:
@@ -235,26 +236,27 @@ class EEStandIn:
                 "done": False,
             }
             self.operations[name] = op
+            self._by_task_id[task_id] = op
             self.bodies[name] = body
             if rid:
                 self._by_request_id[rid] = name
             self.exports.append(body)
             return 200, op
 
-    def _operation(self, name: str) -> tuple[int, dict]:
+    def _operation(self, name: str) -> tuple[int, Any]:
         with self._lock:
             op = self.operations.get(name)
-        return (200, op) if op else (404, _error(404, f"operation {name} not found"))
+            return (200, json.dumps(op).encode()) if op else (404, _error(404, f"operation {name} not found"))
 
-    def _list_operations(self, project: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+    def _list_operations(self, project: str, query: dict[str, list[str]]) -> tuple[int, bytes]:
         size = int((query.get("pageSize") or ["100"])[0])
         start = int((query.get("pageToken") or ["0"])[0])
-        with self._lock:
+        with self._lock:  # serialised under the lock: the test may move states meanwhile
             ops = [op for n, op in self.operations.items() if n.startswith(f"projects/{project}/")]
-        page = {"operations": [json.loads(json.dumps(op)) for op in ops[start:start + size]]}
-        if start + size < len(ops):
-            page["nextPageToken"] = str(start + size)
-        return 200, page
+            page: dict[str, Any] = {"operations": ops[start:start + size]}
+            if start + size < len(ops):
+                page["nextPageToken"] = str(start + size)
+            return 200, json.dumps(page).encode()
 
     def _cancel(self, name: str) -> tuple[int, dict]:
         with self._lock:
@@ -279,6 +281,7 @@ def _error(status: int, message: str) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     standin: EEStandIn
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: without this each answer waits ~40 ms
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
