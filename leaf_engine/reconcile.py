@@ -62,6 +62,7 @@ ENV_MAX_IN_FLIGHT = "LEAF_MAX_TASKS_IN_FLIGHT"
 ENV_MAX_ATTEMPTS = "LEAF_MAX_TASK_ATTEMPTS"
 ENV_RETRY_BACKOFF = "LEAF_RETRY_BACKOFF_S"
 ENV_BUDGET = "LEAF_HANDLER_BUDGET_S"
+ENV_LEASE = "LEAF_CLAIM_LEASE_S"
 ENV_RUN_FINISHED_TOPIC = "LEAF_RUN_FINISHED_TOPIC"
 DEFAULT_MAX_IN_FLIGHT = 1000
 """Well below Earth Engine's queue of 3,000 tasks per project, leaving room for other users of the project."""
@@ -72,6 +73,7 @@ DEFAULT_BUDGET_S = 240.0
 LEASE_S = 300.0
 """A start claim or reconcile lease older than this is abandoned (its handler died). Longer than the budget, and
 shorter than the 600 s ack deadline, so the first redelivery after a crash always finds the claim expired."""
+MAX_LEASE_S = 540.0
 SAVE_EVERY = 500
 """Started tasks between two saves of the record (a crash in between only repeats starts under the same
 requestIds, which Earth Engine refuses as duplicates)."""
@@ -119,11 +121,16 @@ class LifecycleConfig:
             return value
 
         budget = number(ENV_BUDGET, DEFAULT_BUDGET_S, float, 1.0)
-        if budget >= LEASE_S:
-            raise LeafError(f"{ENV_BUDGET}={budget} must be below the claim lease of {LEASE_S:.0f} s")
+        lease = number(ENV_LEASE, LEASE_S, float, 1.0)
+        if budget >= lease:
+            raise LeafError(f"{ENV_BUDGET}={budget:g} must be below the claim lease {ENV_LEASE}={lease:g} s (a "
+                            "handler still starting exports must never look abandoned)")
+        if lease > MAX_LEASE_S:
+            raise LeafError(f"{ENV_LEASE}={lease:g} must be at most {MAX_LEASE_S:g} s, below the subscription's "
+                            "600 s ack deadline, so the first redelivery after a crash finds the claim expired")
         return cls(number(ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, int, 1),
                    number(ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS, int, 1),
-                   number(ENV_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_S, float, 0.0), budget)
+                   number(ENV_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_S, float, 0.0), budget, lease)
 
 
 class TaskBackend(Protocol):
@@ -422,7 +429,7 @@ def announce(sink: Sink, out_folder: str, request_id: str, publisher: Publisher 
             return None, None
         f = r.finished or {}
         same_end = f.get("state") == r.state and f.get("attempt") == r.attempt
-        if same_end and (f.get("message_id") or clock() - float(f.get("claimed_at", 0)) < LEASE_S):
+        if same_end and (f.get("message_id") or clock() - float(f.get("claimed_at", 0)) < MAX_LEASE_S):
             return None, None
         r.finished = {"state": r.state, "attempt": r.attempt, "token": token, "claimed_at": clock(),
                       "message_id": None}
@@ -552,15 +559,17 @@ def _give_back(sink: Sink, out_folder: str, request_id: str, token: str) -> None
 
 def reconcile(sink: Sink, folder: str | None = None, *, backend: TaskBackend | None = None,
               publisher: Publisher | None = None, config: LifecycleConfig | None = None,
-              clock: Callable[[], float] = time.time) -> list[RunOutcome]:
-    """One reconcile pass over the active runs of a bucket (those marked active), or of one folder."""
+              clock: Callable[[], float] = time.time, prefix: str | None = None) -> list[RunOutcome]:
+    """One reconcile pass over the active runs of a bucket (those marked active, under ``prefix`` when given),
+    or over every run of one folder."""
     config = config or LifecycleConfig.from_env()
     deadline = time.monotonic() + config.budget_s
     if folder is not None:
         targets = [(folder.strip("/"), k.rsplit("/", 1)[-1].removesuffix(".json"))
                    for k in run_keys(sink, folder.strip("/"))]
     else:
-        targets = active_runs(sink)
+        p = (prefix or "").strip("/")
+        targets = [t for t in active_runs(sink) if not p or t[0] == p or t[0].startswith(p + "/")]
     backend = backend or earth_engine_tasks()
     ops: list[Any] | None = None
     slots: Slots | None = None
@@ -571,6 +580,8 @@ def reconcile(sink: Sink, folder: str | None = None, *, backend: TaskBackend | N
             continue
         if record.state not in ACTIVE and (record.finished or {}).get("message_id") and (
                 (record.finished or {}).get("state") == record.state):
+            if folder is None:
+                _unmark_active(sink, out_folder, request_id)  # e.g. re-marked by a duplicate delivery
             continue
         if ops is None and record.state in ACTIVE and record.tasks:
             ops = backend.operations()  # one listing for every run of the pass

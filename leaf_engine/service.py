@@ -58,7 +58,8 @@ from .sinks import GcsSink, Sink, SinkError, parse_gs_uri
 ERROR_SCHEMA = "leaf-error/1"
 CLAIM_LEASE_S = reconcile.LEASE_S
 """A CLAIMED run whose handler has not moved it on within this time is taken over (by a redelivery or the
-reconciler). Shorter than the subscription's ack deadline, longer than the handler's start budget."""
+reconciler). Shorter than the subscription's ack deadline, longer than the handler's start budget (default; the
+deployment may set LEAF_CLAIM_LEASE_S)."""
 BACKENDS = ("gee", "local", "external")
 """``external``: start nothing; the run record lists the expected objects and another producer writes them."""
 
@@ -334,7 +335,7 @@ class RequestService:
                 return record, record
             if doc.claim_token == record.claim_token:
                 return None, doc  # our own claim already landed
-            if doc.state == CLAIMED and self.clock() - doc.claimed_at < CLAIM_LEASE_S:
+            if doc.state == CLAIMED and self.clock() - doc.claimed_at < self.config.lifecycle.lease_s:
                 # Someone (maybe an earlier delivery of this very message, past its ack deadline) is starting
                 # the jobs right now: wait for it rather than start them a second time.
                 raise InProgress(f"run {req.request_id} is being started by message {doc.claimed_by}; "

@@ -88,6 +88,7 @@ class EEStandIn:
         self._discovery = _shipped_json("cloud_api_discovery_document.json")
         self._algorithms = _shipped_json("algorithms.json")
         self._failures: list[_Failure] = []
+        self._holds: list[tuple[str, threading.Event]] = []
         self._by_request_id: dict[str, str] = {}
         self._by_task_id: dict[str, dict] = {}
         self._lock = threading.Lock()
@@ -127,6 +128,22 @@ class EEStandIn:
         (:data:`DROP`: close the connection without answering)."""
         with self._lock:
             self._failures.append(_Failure(status, times, path_contains))
+
+    def clear_failures(self) -> None:
+        with self._lock:
+            self._failures.clear()
+
+    def clear_holds(self) -> None:
+        with self._lock:
+            self._holds.clear()
+
+    def hold(self, path_contains: str = "image:export") -> threading.Event:
+        """Keep every request whose path contains ``path_contains`` waiting (up to 2 minutes) until the returned
+        event is set: a handler can then be killed in the middle of its starts."""
+        release = threading.Event()
+        with self._lock:
+            self._holds.append((path_contains, release))
+        return release
 
     def set_state(self, task_id: str, state: str, *, error: str | None = None, eecu_s: float | None = None
                   ) -> dict:
@@ -321,6 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.standin
         if path.endswith("/$discovery/rest") or path == "/$discovery/rest":
             return 200, s._discovery
+        for part, release in list(s._holds):
+            if part in path:
+                release.wait(120)
         failure = s._injected_failure(path)
         if failure == DROP:
             return DROP, b""
