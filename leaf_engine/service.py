@@ -247,9 +247,10 @@ class RequestService:
         plan = make_plan(req)
         key = run_record_key(req.out_folder, req.request_id)
         ctx = {"request_id": req.request_id}
+        # First write: a missing or unwritable bucket fails here, as an unwritable destination.
+        reconcile.mark_active(sink, req.out_folder, req.request_id)
         # Read-only, so done before the claim: the claim then holds everything the reconciler needs.
         skipped = self._complete_items(sink, req, plan) if req.rerun == "skip_existing" else []
-        reconcile.mark_active(sink, req.out_folder, req.request_id)
         record = self._claim(sink, req, plan, message_id, skipped)
         if record is None:
             logs.info("duplicate request: the run is already started; nothing to do", **ctx)
