@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import logs, reconcile
+from . import eecu, logs, reconcile
 from .catalogue import update_json
 from .catalogue.expectations import expectations, record_expectations
 from .catalogue.records import COMPLETE, PENDING, SKIPPED, CatalogueResult, ObjectEvent, catalogue_object
@@ -78,6 +78,8 @@ class ServiceConfig:
     errors_uri: str | None = None
     ee_url: str | None = None
     lifecycle: reconcile.LifecycleConfig = field(default_factory=reconcile.LifecycleConfig)
+    max_eecu_hours: float | None = None
+    """LEAF_MAX_EECU_HOURS: refuse requests estimated above this (leaf_engine.eecu)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServiceConfig:
@@ -88,8 +90,16 @@ class ServiceConfig:
         errors_uri = e.get("LEAF_ERRORS_URI") or None
         if errors_uri:
             parse_gs_uri(errors_uri)
+        budget = e.get("LEAF_MAX_EECU_HOURS", "").strip()
+        try:
+            max_eecu = float(budget) if budget else None
+        except ValueError:
+            max_eecu = -1.0
+        if max_eecu is not None and not max_eecu > 0:
+            raise LeafError(f"LEAF_MAX_EECU_HOURS={budget!r} must be a positive number of EECU-hours; unset it for "
+                            "no budget")
         return cls(e.get("GOOGLE_CLOUD_PROJECT") or None, backend, e.get("LEAF_TILE_READY_TOPIC") or None,
-                   errors_uri, e.get("LEAF_EE_URL") or None, reconcile.LifecycleConfig.from_env(e))
+                   errors_uri, e.get("LEAF_EE_URL") or None, reconcile.LifecycleConfig.from_env(e), max_eecu)
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ def new_run_record(req: ProductionRequest, plan: Plan, config: ServiceConfig, me
         req.request_id, attempt=attempt, claimed_by=message_id, backend=config.backend, project=config.project,
         bucket=req.GCS_bucket, out_folder=req.out_folder, collection_id=collection_id(req.request_id),
         rerun=req.rerun, request=req.to_dict(), warnings=list(req.warnings), totals=plan.totals,
+        estimate={"eecu_hours": eecu.estimate(req, plan)["eecu_hours"]},
         skipped=skipped, tasks=reconcile.planned_tasks(todo) if config.backend == "gee" else [])
 
 
@@ -236,11 +247,28 @@ class RequestService:
             problem = Problem("out_location", req.out_location,
                               "the cloud service writes to GCS: use out_location 'storage' with a GCS_bucket")
             return self.reject(msg, [problem.to_dict()])
+        over = self._over_budget(req)
+        if over is not None:
+            return self.reject(msg, [over.to_dict()], "over_budget")
         try:
             return self.start(req, msg.message_id or _error_id(msg))
         except SinkError as e:  # no such bucket, no permission: retrying will not help
             problem = Problem("GCS_bucket", req.GCS_bucket, f"cannot write the run record: {e}")
             return self.reject(msg, [problem.to_dict()], "unwritable_destination")
+
+    def _over_budget(self, req: ProductionRequest) -> Problem | None:
+        """The request's EECU estimate against its ``max_eecu_hours`` and LEAF_MAX_EECU_HOURS (the lower)."""
+        limits = [(v, k) for v, k in ((req.max_eecu_hours, "max_eecu_hours"),
+                                       (self.config.max_eecu_hours, "LEAF_MAX_EECU_HOURS")) if v is not None]
+        if not limits:
+            return None
+        limit, key = min(limits)
+        plan = make_plan(req)
+        est = eecu.estimate(req, plan)["eecu_hours"]
+        if est <= limit:
+            return None
+        return Problem(key, limit, f"the request is estimated at {est:,.1f} EECU-hours (leaf_engine.eecu model), "
+                                   f"over the budget of {limit:,.1f}; {eecu.split_advice(est, limit, len(plan.jobs))}")
 
     def start(self, req: ProductionRequest, message_id: str) -> StartResult:
         sink = self.sink_for(req.GCS_bucket or "")

@@ -363,3 +363,44 @@ def test_lifecycle_settings_are_checked() -> None:
         reconcile.LifecycleConfig.from_env({"LEAF_MAX_TASKS_IN_FLIGHT": "many"})
     with pytest.raises(LeafError, match="LEAF_HANDLER_BUDGET_S"):
         reconcile.LifecycleConfig.from_env({"LEAF_HANDLER_BUDGET_S": "900"})
+
+
+def test_eecu_estimate_follows_area_window_and_sensor() -> None:
+    from leaf_engine import eecu
+    from leaf_engine.plan import make_plan
+
+    # a full 900 km tile, 30 days of Sentinel-2 at 20 m: 810,000 km² × 50,000 / 9,984,670 EECU-h per km²
+    req = parse_request(_raw(tile_names=["tile42"], resolution=20, months=[6]))
+    est = eecu.estimate(req, make_plan(req))
+    assert est["eecu_hours"] == pytest.approx(810_000 * 50_000 / 9_984_670, rel=1e-3)
+    landsat = parse_request(_raw(tile_names=["tile42"], resolution=30, months=[6], sensor="L8_SR"))
+    assert eecu.estimate(landsat, make_plan(landsat))["eecu_hours"] == pytest.approx(
+        est["eecu_hours"] * eecu.LANDSAT_FACTOR, rel=1e-3)
+    two_months = parse_request(_raw(tile_names=["tile42"], resolution=20, months=[6, 7]))
+    assert eecu.estimate(two_months, make_plan(two_months))["eecu_hours"] == pytest.approx(
+        est["eecu_hours"] * (1 + 31 / 30), rel=1e-3)
+    # the key is optional and does not change the request id of requests without it
+    assert "max_eecu_hours" not in req.identity()
+
+
+def test_a_request_over_its_eecu_budget_is_refused_with_the_estimate(world: World) -> None:
+    raw = _raw(tile_names=["tile42"], resolution=20, months=[6, 7], max_eecu_hours=500)
+    result = world.service.handle(RequestMessage(json.dumps(raw).encode(), {"request_id": "big"}, "m1"))
+    assert result.status == "invalid" and not world.ee.exports
+    (problem,) = result.problems
+    assert problem["key"] == "max_eecu_hours" and problem["value"] == 500
+    expected = 810_000 * 50_000 / 9_984_670 * (30 + 31) / 30  # June + July of one 900 km tile
+    assert f"estimated at {expected:,.1f} EECU-hours" in problem["rule"]
+    assert "split it into at least 17 requests" in problem["rule"]
+    assert read_run(world.sink, FOLDER, "big").state == "INVALID"  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="max_eecu_hours"):
+        parse_request(_raw(max_eecu_hours=-1))
+
+
+def test_the_deployment_budget_applies_to_every_request(tmp_path: Path, ee_standin: EEStandIn) -> None:
+    w = World(tmp_path, ee_standin)
+    w.service.config = ServiceConfig.from_env({"LEAF_BACKEND": "gee", "LEAF_MAX_EECU_HOURS": "1"})
+    result = w.publish(_raw())
+    assert result.status == "invalid" and result.problems[0]["key"] == "LEAF_MAX_EECU_HOURS"
+    with pytest.raises(LeafError, match="LEAF_MAX_EECU_HOURS"):
+        ServiceConfig.from_env({"LEAF_MAX_EECU_HOURS": "lots"})
