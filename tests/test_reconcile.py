@@ -404,3 +404,23 @@ def test_the_deployment_budget_applies_to_every_request(tmp_path: Path, ee_stand
     assert result.status == "invalid" and result.problems[0]["key"] == "LEAF_MAX_EECU_HOURS"
     with pytest.raises(LeafError, match="LEAF_MAX_EECU_HOURS"):
         ServiceConfig.from_env({"LEAF_MAX_EECU_HOURS": "lots"})
+
+
+def test_status_shows_tasks_progress_and_eecu(world: World) -> None:
+    from leaf_engine.cli.service_cmds import _bar
+    from leaf_engine.service import run_status
+
+    world.publish(_raw())
+    world.ee.succeed(world.ee.task_for("_LAI_"), eecu_s=36.0)
+    world.ee.fail(world.ee.task_for("_QC_"), "User memory limit exceeded.")
+    world.reconcile()
+    report = run_status(world.sink, world.record().request_id, FOLDER)
+    summary = report["task_summary"]
+    assert (summary["tasks"], summary["done"], summary["counts"]) == (3, 2, {"COMPLETE": 1, "FAILED": 1,
+                                                                             "PENDING": 1})
+    assert summary["eecu_hours"] == pytest.approx((36 + 2) / 3600, abs=1e-6)
+    assert summary["estimate"]["eecu_hours"] > 0
+    qc = next(t for t in report["tasks"] if t["product"] == "QC")
+    assert (qc["state"], qc["error"]) == ("FAILED", "User memory limit exceeded.")
+    assert report["present"] == 1 and report["expected"] == 3
+    assert _bar(2, 3, 9) == "[######...]"

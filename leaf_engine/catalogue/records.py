@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import logs
 from ..errors import NamingError, TransientError
-from ..naming import OutputName, collection_key, item_key
+from ..naming import OutputName, collection_key, item_key, run_record_key
 from ..sinks import Sink
 from . import tile_ready
 from .check import check_object
@@ -169,10 +169,15 @@ def _fence_publish(sink: Sink, key: str, token: str, clock: Callable[[], float])
     return update_json(sink, key, mutate)
 
 
-def _release_tile_claim(sink: Sink, key: str, token: str) -> None:
+def _cancelled(sink: Sink, run: dict[str, Any]) -> bool:
+    got = sink.read_json(run_record_key(run["out_folder"], run["request_id"]))
+    return got is not None and got[0].get("state") == CANCELLED
+
+
+def _release_tile_claim(sink: Sink, key: str, token: str, phase: str = "publishing") -> None:
     def mutate(doc: dict | None) -> tuple[dict | None, None]:
         state = (doc or {}).get("properties", {}).get("leaf:tile_ready")
-        if doc is None or not state or state.get("by") != token or state.get("state") != "publishing":
+        if doc is None or not state or state.get("by") != token or state.get("state") != phase:
             return None, None
         doc = copy.deepcopy(doc)
         doc["properties"]["leaf:tile_ready"] = None
@@ -245,10 +250,8 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
     entry = shard_entry(sink.uri(event.key), exp_obj, size, md5, event.generation, check.to_dict())
     ikey = item_key(run["out_folder"], exp_item.region, exp_item.year, exp_item.period)
     item_href = sink.uri(ikey)
-    # A cancelled run announces nothing more.
-    can_publish = publisher is not None and run.get("state") != CANCELLED
     update = _ItemUpdate(run, exp_item, exp_obj, entry, event, item_href,
-                         sink.uri(collection_key(run["out_folder"], run["request_id"])), can_publish, clock)
+                         sink.uri(collection_key(run["out_folder"], run["request_id"])), publisher is not None, clock)
     update.item_objects = expected.item_objects(exp_item.item_id)
     status, complete, claimed = update_json(sink, ikey, update)
     if check.errors:
@@ -257,6 +260,11 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
         return CatalogueResult("stale", event.key, run["request_id"], exp_item.item_id, complete,
                                reason="a newer generation is already catalogued")
     published = False
+    if claimed and _cancelled(sink, run):  # a cancelled run announces nothing more (its state read fresh)
+        _release_tile_claim(sink, ikey, update.fence, "claimed")
+        claimed = False
+        update.waiting = False
+        logs.info("run cancelled: no tile-ready", **ctx)
     fenced = _fence_publish(sink, ikey, update.fence, clock) if claimed and publisher is not None else None
     if fenced is not None and publisher is not None:
         data, attributes = tile_ready.message(fenced, item_href)

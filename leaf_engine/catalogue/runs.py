@@ -289,19 +289,36 @@ def run_expectations(sink: Sink, record: dict[str, Any]) -> Any:
     return exp
 
 
-def list_runs(sink: Sink, out_folder: str) -> list[dict[str, Any]]:
-    """Every run record under ``out_folder`` (unreadable ones skipped), as read now."""
+RUN_CACHE_S = 15.0
+"""How long the catalogue reuses a run record it read to find which run expects an object: a national run's
+record is a few MB and every finalize event needs it. Anything that must be current (a cancel) is read fresh."""
+_DOCS: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+def list_runs(sink: Sink, out_folder: str, max_age_s: float = 0.0) -> list[dict[str, Any]]:
+    """Every run record under ``out_folder`` (unreadable ones skipped), read at most ``max_age_s`` ago."""
     out = []
+    now = time.monotonic()
     for key in run_keys(sink, out_folder):
+        uri = sink.uri(key)
+        with _CACHE_LOCK:
+            hit = _DOCS.get(uri)
+        if hit is not None and now - hit[0] <= max_age_s:
+            out.append(hit[1])
+            continue
         got = sink.read_json(key)
         if got is not None and isinstance(got[0], dict) and "request_id" in got[0]:
             out.append(got[0])
+            with _CACHE_LOCK:
+                if len(_DOCS) >= _CACHE_LIMIT:
+                    _DOCS.pop(next(iter(_DOCS)))
+                _DOCS[uri] = (now, got[0])
     return out
 
 
 def run_for_object(sink: Sink, out_folder: str, key: str) -> dict[str, Any] | None:
     """The newest run record that expects object ``key`` (a later request may re-produce the same item)."""
-    runs = [r for r in list_runs(sink, out_folder)
+    runs = [r for r in list_runs(sink, out_folder, RUN_CACHE_S)
             if r.get("state") != INVALID and (r.get("request") is not None or r.get("objects"))]
     runs = [r for r in runs if key in run_expectations(sink, r).objects]
     return max(runs, key=lambda r: r.get("created", "")) if runs else None
