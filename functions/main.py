@@ -37,7 +37,9 @@ logs.setup_json_logging()
 
 @cache
 def _service() -> RequestService:
-    return RequestService(ServiceConfig.from_env())
+    from leaf_engine.reconcile import run_finished_publisher
+
+    return RequestService(ServiceConfig.from_env(), run_finished=run_finished_publisher())
 
 
 @cache
