@@ -623,9 +623,11 @@ def cancel_run(sink: Sink, out_folder: str, request_id: str, *, backend: TaskBac
         def mark(r: RunRecord | None) -> tuple[RunRecord | None, RunRecord | None]:
             if r is None:
                 return None, None
-            r.tasks = [t.model_copy(update={"state": T_CANCELLED, "ended": now_iso(),
-                                            "error": errors.get(t.task_id or "") or t.error})
-                       if t.key in cancelled and t.state in TASK_IN_FLIGHT else t for t in r.tasks]
+            # A cancel Earth Engine refused (the task had just finished) leaves the task as it is: a resume's
+            # reconcile then records how it ended.
+            r.tasks = [t.model_copy(update={"state": T_CANCELLED, "ended": now_iso()})
+                       if t.key in cancelled and t.state in TASK_IN_FLIGHT and not errors.get(t.task_id or "")
+                       else t for t in r.tasks]
             r.touch()
             return r, r
 

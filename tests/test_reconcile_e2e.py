@@ -49,6 +49,8 @@ class Lifecycle:
     reconcile_url: str
     env: dict[str, str]
     sink: GcsSink
+    servers: ExitStack
+    """Keeps servers restarted by a test running until the module ends."""
 
     def publish(self, topic: str, data: bytes) -> None:
         from google.cloud import pubsub_v1
@@ -92,7 +94,7 @@ def life(emulators: Emulators) -> Iterator[Lifecycle]:
         create_subscription(emulators, reconcile_topic, f"push-reconcile-{uuid.uuid4().hex[:6]}",
                             push_endpoint=f"{rec_url}/{reconcile_topic}")
         yield Lifecycle(emulators, ee_server, svc.requests_topic, svc.tile_ready_topic, reconcile_topic, finished,
-                        svc.start_url, rec_url, svc.env, GcsSink(BUCKET))
+                        svc.start_url, rec_url, svc.env, GcsSink(BUCKET), stack)
 
 
 def _request(folder: str, **extra: object) -> dict:
@@ -202,8 +204,59 @@ def test_a_handler_killed_after_its_claim_then_redelivery_finishes_the_start(lif
         release.set()
     life.ee.clear_holds()
     port = int(life.start_url.rsplit(":", 1)[1])
-    with function_server(life.emu, "start_production", life.env, port=port):
-        # the emulator redelivers to the restarted server; after the lease the claim is taken over
-        rec = life.wait_state(folder, rid, "PROCESSING", timeout_s=120)
+    life.servers.enter_context(function_server(life.emu, "start_production", life.env, port=port))
+    # the emulator redelivers to the restarted server; after the lease the claim is taken over
+    rec = life.wait_state(folder, rid, "PROCESSING", timeout_s=120)
     assert len(rec.tasks) == 3 and all(t.attempts == 1 for t in rec.tasks)
     assert len(life.ee.exports) - starts_before == 3  # the killed handler's start was not repeated
+
+
+def test_cancel_mid_run_then_resume_through_the_cli(life: Lifecycle, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`leaf cancel` mid-run: operations cancelled, run CANCELLED, one run-finished, no tile-ready after;
+    `leaf resume` resubmits only what did not complete; `leaf reconcile` ends the run SUCCEEDED."""
+    from leaf_engine.cli import main
+
+    for k, v in life.env.items():
+        monkeypatch.setenv(k, v)
+    folder = f"life/{uuid.uuid4().hex[:8]}"
+    raw = _request(folder)
+    rid = parse_request(raw).request_id
+    finished, ready = life.subscription(life.finished_topic), life.subscription(life.tile_ready_topic)
+    life.publish(life.requests_topic, json.dumps(raw).encode())
+    rec = life.wait_state(folder, rid, "PROCESSING")
+    july = [t for t in rec.tasks if "_Jul_" in t.prefix]
+    life.ee.succeed(next(t.task_id for t in july if t.product == "LAI") or "")
+    life.ee.run(next(t.task_id for t in rec.tasks if "_Aug_" in t.prefix) or "")
+
+    assert main(["cancel", rid, "--bucket", BUCKET, "--folder", folder]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "CANCELLED"
+    rec = life.record(folder, rid)
+    assert rec is not None and rec.state == "CANCELLED"
+    # six cancels asked; July LAI had just succeeded (Earth Engine refuses its cancel), the other five are cancelled
+    assert sorted(life.ee.operations[n]["metadata"]["state"] for n in life.ee.cancels) == ["CANCELLED"] * 5 + [
+        "SUCCEEDED"]
+    # Earth Engine had already written the rest of July: the item completes, but no tile-ready is published
+    for t in july:
+        if t.product != "LAI":
+            from tests.support.ee_standin import export_files
+
+            for key, data in export_files(life.ee.bodies[life.ee._find(t.task_id or "")["name"]]):
+                _gcs_writer(BUCKET, key, data)
+    wait_for(lambda: (item := life.sink.read_json(f"{folder}/_stac/tile42_911/tile42_911_2020_Jul.json"))
+             is not None and item[0]["properties"]["leaf:complete"], 60, "the July item to be complete")
+    assert [json.loads(m.data)["state"] for m in pull(finished, expect=1, timeout_s=30, settle_s=3)] == [
+        "CANCELLED"]
+    assert pull(ready, expect=0, timeout_s=8, settle_s=4) == []
+
+    starts = len(life.ee.exports)
+    assert main(["resume", rid, "--bucket", BUCKET, "--folder", folder]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "PROCESSING"
+    assert len(life.ee.exports) - starts == 5  # everything but the completed July LAI
+    life.ee.succeed_all()
+    assert main(["reconcile", "--bucket", BUCKET, "--folder", folder]) == 0
+    capsys.readouterr()
+    assert life.wait_state(folder, rid, "SUCCEEDED").attempt == 2
+    assert main(["status", rid, "--bucket", BUCKET, "--folder", folder]) == 0
+    out = capsys.readouterr().out
+    assert "tasks: [" in out and "6/6 settled" in out and "EECU-hours:" in out
