@@ -137,6 +137,7 @@ class TaskBackend(Protocol):
     """What the lifecycle needs from Earth Engine (:class:`~leaf_engine.backends.gee.operations.EarthEngineTasks`)."""
 
     def operations(self) -> list[Any]: ...
+    def get(self, names: Iterable[str]) -> list[Any]: ...
     def cancel(self, names: Iterable[str]) -> dict[str, str | None]: ...
     def start(self, req: Any, job: Any, attempts: dict[str, int], image: Any = None) -> tuple[Any, list[Any]]: ...
     def description(self, job: Any, product: str, attempt: int) -> str: ...
@@ -332,9 +333,12 @@ def observe(sink: Sink, p: Pass, backend: TaskBackend, ops: list[Any], config: L
     from .service import present_objects
 
     by_name = {op.task_id: op for op in ops}
+    flying = [t for t in p.record.tasks if t.state in TASK_IN_FLIGHT]
+    unlisted = [t.task_id for t in flying if t.task_id and t.task_id not in by_name]
+    if unlisted:  # a listing may leave old operations out: read those one by one
+        by_name.update({op.task_id: op for op in backend.get(unlisted)})
     by_description = {op.description: op for op in ops}
     req = None
-    flying = [t for t in p.record.tasks if t.state in TASK_IN_FLIGHT]
     succeeded: list[tuple[TaskRecord, Any]] = []
     for t in flying:
         op = by_name.get(t.task_id or "")

@@ -424,3 +424,14 @@ def test_status_shows_tasks_progress_and_eecu(world: World) -> None:
     assert (qc["state"], qc["error"]) == ("FAILED", "User memory limit exceeded.")
     assert report["present"] == 1 and report["expected"] == 3
     assert _bar(2, 3, 9) == "[######...]"
+
+
+def test_operations_missing_from_the_listing_are_read_one_by_one(world: World) -> None:
+    world.publish(_raw())
+    hidden = world.ee.task_for("_LAI_")
+    world.ee.unlisted.add(hidden)
+    world.ee.succeed_all()
+    world.reconcile()
+    assert world.record().state == "SUCCEEDED"
+    gets = [r for r in world.ee.requests if r.method == "GET" and r.path.endswith(f"/operations/{hidden}")]
+    assert len(gets) == 1

@@ -83,6 +83,8 @@ class EEStandIn:
     writer: Writer | None = None
     """Where :meth:`succeed` writes the export's files (None: it cannot write files)."""
     cancels: list[str] = field(default_factory=list)
+    unlisted: set[str] = field(default_factory=set)
+    """Task ids the operations listing leaves out (as Earth Engine's listing may leave out old operations)."""
 
     def __post_init__(self) -> None:
         self._discovery = _shipped_json("cloud_api_discovery_document.json")
@@ -269,7 +271,8 @@ class EEStandIn:
         size = int((query.get("pageSize") or ["100"])[0])
         start = int((query.get("pageToken") or ["0"])[0])
         with self._lock:  # serialised under the lock: the test may move states meanwhile
-            ops = [op for n, op in self.operations.items() if n.startswith(f"projects/{project}/")]
+            ops = [op for n, op in self.operations.items()
+                   if n.startswith(f"projects/{project}/") and n.rsplit("/", 1)[-1] not in self.unlisted]
             page: dict[str, Any] = {"operations": ops[start:start + size]}
             if start + size < len(ops):
                 page["nextPageToken"] = str(start + size)

@@ -75,6 +75,25 @@ class EarthEngineTasks:
         except OSError as e:
             raise TransientError(f"cannot reach Earth Engine to list operations: {e}; retry later") from e
 
+    def get(self, names: Iterable[str]) -> list[Operation]:
+        """The named operations, one call each (for the few a listing did not show); unknown ones are left out."""
+        import ee
+
+        from .exports import RETRY_STATUSES, http_status
+
+        project = self.project
+        out = []
+        for name in names:
+            full = name if name.startswith("projects/") else f"projects/{project}/operations/{name}"
+            try:
+                out.append(Operation.from_api(ee.data.getOperation(full)))
+            except ee.EEException as e:
+                if http_status(e) in RETRY_STATUSES:
+                    raise TransientError(f"Earth Engine: reading {full} failed: {e}") from e
+            except OSError as e:
+                raise TransientError(f"cannot reach Earth Engine to read {full}: {e}; retry later") from e
+        return out
+
     def cancel(self, names: Iterable[str]) -> dict[str, str | None]:
         """Cancel operations; returns name → None when cancelled, else the error (already done, not found)."""
         import ee
