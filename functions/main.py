@@ -6,6 +6,8 @@ map errors to the platform's retry semantics.
   same CloudEvent).
 * ``catalogue_output``: ``google.cloud.storage.object.v1.finalized`` (Eventarc), or the OBJECT_FINALIZE
   notifications GCS publishes to Pub/Sub (delivered as messagePublished, pushed or via Eventarc).
+* ``reconcile_runs``: messagePublished on the reconcile topic (Cloud Scheduler every few minutes), pushed or via
+  Eventarc like ``start_production``: watches Earth Engine tasks, retries, starts queued tasks, ends runs.
 
 Returning normally acknowledges the event. A :class:`TransientError` propagates, so the platform retries with
 backoff; invalid input is recorded and acknowledged (no retry storm).
@@ -37,11 +39,13 @@ logs.setup_json_logging()
 
 @cache
 def _service() -> RequestService:
+    from leaf_engine.reconcile import run_finished_publisher
+
     config = ServiceConfig.from_env()
     if config.allowed_outputs is None:
         logs.warning("LEAF_ALLOWED_OUTPUTS is not set: requests may name any bucket this service account can "
                      "write; set it to the buckets/prefixes this deployment serves")
-    return RequestService(config)
+    return RequestService(config, run_finished=run_finished_publisher())
 
 
 @cache
@@ -166,3 +170,56 @@ def catalogue_output(event: Any) -> None:
         return
     if result.status != "ignored":
         logs.info(f"object {result.status}", object=obj.key, request_id=result.request_id, item_id=result.item_id)
+
+
+# --------------------------------------------------------------------------------------------- reconciler
+
+
+def reconcile_targets(data: bytes, env: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """(bucket, folder or None) to reconcile: the message's ``{"bucket": B, "folder": F}`` when it names one,
+    else every entry of ``LEAF_RECONCILE_TARGETS`` or ``LEAF_ALLOWED_OUTPUTS`` (``bucket`` or ``bucket/prefix``:
+    the bucket's active runs, those under the prefix)."""
+    import os
+
+    e = os.environ if env is None else env
+    if data.strip():
+        doc = json.loads(data.decode("utf-8"))
+        if isinstance(doc, dict) and isinstance(doc.get("bucket"), str):
+            folder = doc.get("folder")
+            return [(doc["bucket"], folder if isinstance(folder, str) else None)]
+    raw = e.get("LEAF_RECONCILE_TARGETS") or e.get("LEAF_ALLOWED_OUTPUTS") or ""
+    out: list[tuple[str, str | None]] = []
+    for entry in (x.strip() for x in raw.split(",")):
+        if entry:
+            bucket, _, prefix = entry.partition("/")
+            out.append((bucket, prefix.strip("/") or None))
+    return out
+
+
+@functions_framework.cloud_event
+def reconcile_runs(event: Any) -> None:
+    """A reconcile tick (Cloud Scheduler → Pub/Sub): move every active run on (see leaf_engine.reconcile)."""
+    from leaf_engine import reconcile
+
+    message = _pubsub_message(event)
+    try:
+        targets = reconcile_targets(decode_pubsub_data(message.get("data")))
+    except (ValueError, UnicodeDecodeError) as e:
+        logs.error(f"unreadable reconcile message, acknowledged: {type(e).__name__}: {e}", event_id=event["id"])
+        return
+    if not targets:
+        logs.error("reconcile: no bucket to reconcile; set LEAF_RECONCILE_TARGETS or LEAF_ALLOWED_OUTPUTS, or "
+                   "publish {\"bucket\": ...}", event_id=event["id"])
+        return
+    publisher = reconcile.run_finished_publisher()
+    for bucket, prefix in targets:
+        sink = _sink(bucket)
+        try:
+            outcomes = reconcile.reconcile(sink, None, publisher=publisher, prefix=prefix)
+        except TransientError as e:
+            logs.warning(f"transient failure, the tick will be redelivered: {e}", object=f"gs://{bucket}")
+            raise
+        except LeafError as e:
+            logs.error(f"reconcile of gs://{bucket} failed: {e}", object=f"gs://{bucket}")
+            continue
+        logs.info(f"reconciled {len(outcomes)} run(s) in gs://{bucket}", object=f"gs://{bucket}")

@@ -87,6 +87,18 @@ def _same_request(a: Mapping[str, Any], b: ProductionRequest) -> bool:
     return mine == theirs
 
 
+def _expected_objects(run: dict[str, Any]) -> Any:
+    """The objects a compact run record expects (derived from its stored request); empty if it has none."""
+    if not isinstance(run.get("request"), dict):
+        return {}
+    from .catalogue.expectations import record_expectations
+
+    try:
+        return record_expectations(run).objects
+    except Exception:  # a record this version cannot read cannot be compared; its owner is not blocked either
+        return {}
+
+
 def conflict_problems(runs: list[dict[str, Any]], req: ProductionRequest, objects: set[str]) -> list[Problem]:
     """Problems when another request's live run (in ``runs``, the records of the request's out_folder) expects
     any of ``objects`` (what ``req`` would write) and is not the same request."""
@@ -103,7 +115,7 @@ def conflict_problems(runs: list[dict[str, Any]], req: ProductionRequest, object
                                 "out_folder: give this request its own request_id (or none: one is derived "
                                 "from its content)")]
             continue
-        theirs = run.get("objects") or {}
+        theirs = run.get("objects") or _expected_objects(run)
         clash = next((k for k in objects if k in theirs), None)
         if clash is None:
             continue

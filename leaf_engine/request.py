@@ -86,6 +86,8 @@ class ProductionRequest(BaseModel):
     scenes: str | None = None
     landcover: str | None = None
     rerun: Literal["skip_existing", "overwrite"] = "skip_existing"
+    max_eecu_hours: float | None = None
+    """Refuse the request when its estimated Earth Engine compute exceeds this (leaf_engine.eecu)."""
     warnings: list[str] = []
     supplied_request_id: str | None = None
 
@@ -98,7 +100,10 @@ class ProductionRequest(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What defines the request: the normalised fields without warnings. The rerun policy is part of it, so
         an ``overwrite`` request is a new run (new Earth Engine request ids) while its redeliveries are not."""
-        return self.model_dump(mode="json", exclude={"warnings", "supplied_request_id"})
+        d = self.model_dump(mode="json", exclude={"warnings", "supplied_request_id"})
+        if d.get("max_eecu_hours") is None:  # unset: request ids stay those of requests without the key
+            d.pop("max_eecu_hours", None)
+        return d
 
     @property
     def request_id(self) -> str:
@@ -630,6 +635,14 @@ class _Validator:
             self.bad("uncertainty", value, "must be true or false")
         else:
             self.v["uncertainty"] = value
+
+    def _check_max_eecu_hours(self, value: Any) -> None:
+        if value is _MISSING or value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+            self.bad("max_eecu_hours", value, "must be a positive number of EECU-hours (or omit the key)")
+        else:
+            self.v["max_eecu_hours"] = float(value)
 
     def _check_scenes(self, value: Any) -> None:
         self._check_location("scenes", value, "a STAC ItemCollection or catalog")

@@ -1,15 +1,17 @@
 """The request side of the service: one production message → one run record → jobs started once.
 
-State machine of a run record (``{out_folder}/_runs/{request_id}.json``)::
-
-    (message) ──create-only──▶ CLAIMED ──jobs started──▶ PROCESSING ──every item complete──▶ SUCCEEDED
-                                  │                         (catalogue)
-                                  └──backend refused──▶ FAILED ──same request again──▶ CLAIMED (attempt + 1)
-    invalid message with a request_id attribute ──▶ INVALID (may be re-sent, fixed, under the same id)
+The run record (``{out_folder}/_runs/{request_id}.json``) is the typed :class:`~leaf_engine.catalogue.runs.RunRecord`;
+its states and transitions are defined there, and every write goes through ``update_run``.
 
 At-least-once delivery is made safe here: the record is created with generation precondition 0, so of two
 deliveries of one message only one claims the run; the other sees CLAIMED (and asks for redelivery until the
-claim is done or, after :data:`CLAIM_LEASE_S`, abandoned) or PROCESSING/SUCCEEDED (and starts nothing).
+claim is done or, after :data:`CLAIM_LEASE_S`, abandoned) or a started run (and starts nothing). The claim lease is
+shorter than the ack deadline, and a handler that fails after claiming releases the claim, so a redelivery after a
+crash takes the run over; the reconciler (:mod:`leaf_engine.reconcile`) also takes over an abandoned claim.
+
+On the Earth Engine backend the claim lists every export as a QUEUED task; the handler starts what fits in the
+project's free task slots (``LEAF_MAX_TASKS_IN_FLIGHT``) and in its time budget (``LEAF_HANDLER_BUDGET_S``) and
+leaves the rest to the reconciler.
 """
 
 from __future__ import annotations
@@ -25,11 +27,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import admission, logs
-from .catalogue import expectations_dict, update_json
-from .catalogue.expectations import ExpectedItem
+from . import admission, eecu, logs, reconcile
+from .catalogue import update_json
+from .catalogue.expectations import expectations, record_expectations
 from .catalogue.records import COMPLETE, PENDING, SKIPPED, CatalogueResult, ObjectEvent, catalogue_object
-from .catalogue.runs import CLAIMED, FAILED, INVALID, PROCESSING, SUCCEEDED, list_runs
+from .catalogue.runs import (
+    CLAIMED,
+    ENDED,
+    FAILED,
+    INVALID,
+    PROCESSING,
+    RERUNNABLE,
+    SUCCEEDED,
+    TRANSITIONS,
+    RunRecord,
+    create_run,
+    list_runs,
+    new_run,
+    read_run,
+    update_run,
+)
 from .catalogue.stac import collection_id, ensure_root_catalog, new_collection, now_iso
 from .catalogue.tile_ready import Publisher
 from .decoding import clip, decode_json, excerpt
@@ -47,12 +64,13 @@ from .naming import (
 )
 from .plan import Plan, make_plan
 from .request import FOLDER_PART_RE, MAX_FOLDER_CHARS, ProductionRequest, gcs_bucket_problem, parse_request
-from .sinks import GcsSink, PreconditionFailed, Sink, SinkError, parse_gs_uri
+from .sinks import GcsSink, Sink, SinkError, parse_gs_uri
 
-RUN_SCHEMA = "leaf-run/1"
 ERROR_SCHEMA = "leaf-error/1"
-CLAIM_LEASE_S = 900.0
-"""A CLAIMED run whose handler has not moved it on within this time is taken over by a redelivery."""
+CLAIM_LEASE_S = reconcile.LEASE_S
+"""A CLAIMED run whose handler has not moved it on within this time is taken over (by a redelivery or the
+reconciler). Shorter than the subscription's ack deadline, longer than the handler's start budget (default; the
+deployment may set LEAF_CLAIM_LEASE_S)."""
 BACKENDS = ("gee", "local", "external")
 """``external``: start nothing; the run record lists the expected objects and another producer writes them."""
 
@@ -76,6 +94,9 @@ class ServiceConfig:
     """LEAF_ALLOWED_NETWORKS: gs:// prefixes a request's ``networks`` file may be under."""
     limits: Limits = field(default_factory=Limits)
     """Admission limits (LEAF_LIMIT_<NAME>)."""
+    lifecycle: reconcile.LifecycleConfig = field(default_factory=reconcile.LifecycleConfig)
+    max_eecu_hours: float | None = None
+    """LEAF_MAX_EECU_HOURS: refuse requests estimated above this (leaf_engine.eecu)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServiceConfig:
@@ -86,11 +107,20 @@ class ServiceConfig:
         errors_uri = e.get("LEAF_ERRORS_URI") or None
         if errors_uri:
             parse_gs_uri(errors_uri)
+        budget = e.get("LEAF_MAX_EECU_HOURS", "").strip()
+        try:
+            max_eecu = float(budget) if budget else None
+        except ValueError:
+            max_eecu = -1.0
+        if max_eecu is not None and not max_eecu > 0:
+            raise LeafError(f"LEAF_MAX_EECU_HOURS={budget!r} must be a positive number of EECU-hours; unset it for "
+                            "no budget")
         return cls(e.get("GOOGLE_CLOUD_PROJECT") or None, backend, e.get("LEAF_TILE_READY_TOPIC") or None,
                    errors_uri, e.get("LEAF_EE_URL") or None,
                    allowed_outputs=admission.parse_allowed_outputs(e.get(admission.ALLOWED_OUTPUTS_ENV)),
                    allowed_networks=admission.parse_allowed_networks(e.get(admission.ALLOWED_NETWORKS_ENV)),
-                   limits=Limits.from_env(e))
+                   limits=Limits.from_env(e), lifecycle=reconcile.LifecycleConfig.from_env(e),
+                   max_eecu_hours=max_eecu)
 
 
 @dataclass(frozen=True)
@@ -120,17 +150,16 @@ Starter = Callable[[ProductionRequest, Plan, Sink], Any]
 
 
 def new_run_record(req: ProductionRequest, plan: Plan, config: ServiceConfig, message_id: str,
-                   attempt: int = 1) -> dict[str, Any]:
-    now = now_iso()
-    return {
-        "schema": RUN_SCHEMA, "request_id": req.request_id, "state": CLAIMED, "attempt": attempt,
-        "claimed_by": message_id, "claimed_at": time.time(), "created": now, "updated": now,
-        "backend": config.backend, "project": config.project, "bucket": req.GCS_bucket,
-        "out_folder": req.out_folder, "collection_id": collection_id(req.request_id),
-        "rerun": req.rerun, "request": req.to_dict(), "warnings": list(req.warnings), "plan": plan.to_dict(),
-        "expected_objects": plan.expected_objects(), **expectations_dict(req, plan),
-        "skipped": [], "tasks": None, "errors": [], "history": [{"state": CLAIMED, "at": now}],
-    }
+                   attempt: int = 1, skipped: list[str] | None = None) -> RunRecord:
+    """A fresh CLAIMED record: the normalised request and, on Earth Engine, one QUEUED task per file to make."""
+    skipped = skipped or []
+    todo = _without_items(plan, set(skipped))
+    return new_run(
+        req.request_id, attempt=attempt, claimed_by=message_id, backend=config.backend, project=config.project,
+        bucket=req.GCS_bucket, out_folder=req.out_folder, collection_id=collection_id(req.request_id),
+        rerun=req.rerun, request=req.to_dict(), warnings=list(req.warnings), totals=plan.totals,
+        estimate={"eecu_hours": eecu.estimate(req, plan)["eecu_hours"]},
+        skipped=skipped, tasks=reconcile.planned_tasks(todo) if config.backend == "gee" else [])
 
 
 MAX_RECORDED_PROBLEMS = 50
@@ -195,11 +224,15 @@ class RequestService:
     """Handles production messages. ``sink_for(bucket)`` and ``starter`` are injectable for tests and tools."""
 
     def __init__(self, config: ServiceConfig, *, sink_for: Callable[[str], Sink] | None = None,
-                 starter: Starter | None = None, clock: Callable[[], float] = time.time):
+                 starter: Starter | None = None, clock: Callable[[], float] = time.time,
+                 tasks: reconcile.TaskBackend | None = None, run_finished: Publisher | None = None):
         self.config = config
         self.sink_for = sink_for or (lambda bucket: GcsSink(bucket))
         self.starter = starter or backend_starter(config)
         self.clock = clock
+        self.tasks = tasks
+        """Earth Engine tasks (default: the real client, created when the first request needs it)."""
+        self.run_finished = run_finished
 
     # -- invalid messages ---------------------------------------------------------------------------------
     def reject(self, msg: RequestMessage, problems: list[Any], kind: str = "invalid_request", *,
@@ -242,15 +275,15 @@ class RequestService:
         return None
 
     def _mark_invalid(self, sink: Sink, folder: str, request_id: str, record: dict[str, Any]) -> None:
-        def mutate(doc: dict | None) -> tuple[dict | None, None]:
+        def mutate(doc: RunRecord | None) -> tuple[RunRecord | None, None]:
+            if INVALID not in TRANSITIONS[doc.state if doc is not None else None]:
+                return None, None  # never overwrite a real run with a bad copy of its message
+            fresh = new_run(request_id, state=INVALID, out_folder=folder, errors=record["problems"])
             if doc is not None:
-                return None, None  # never replace any run's record (FAILED ones too) with a bad copy of its message
-            now = now_iso()
-            return {"schema": RUN_SCHEMA, "request_id": request_id, "state": INVALID, "created": now,
-                    "updated": now, "out_folder": folder, "errors": record["problems"],
-                    "history": [{"state": INVALID, "at": now}]}, None
+                fresh.history = [*doc.history, *fresh.history]
+            return fresh, None
 
-        update_json(sink, run_record_key(folder, request_id), mutate)
+        update_run(sink, folder, request_id, mutate)
 
     # -- valid messages -----------------------------------------------------------------------------------
     def handle(self, msg: RequestMessage) -> StartResult:
@@ -283,6 +316,9 @@ class RequestService:
         refused = admission.output_problems(self.config.allowed_outputs, req)
         if refused:
             return self.reject(msg, refused, "forbidden_destination", raw=raw)
+        over = self._over_budget(req)
+        if over is not None:
+            return self.reject(msg, [over], "over_budget", raw=raw)
         try:
             conflict = admission.conflict_problems(list_runs(self.sink_for(req.GCS_bucket), req.out_folder), req,
                                                    set(make_plan(req).expected_objects()))
@@ -293,76 +329,130 @@ class RequestService:
             problem = Problem("GCS_bucket", req.GCS_bucket, f"cannot write the run record: {e}")
             return self.reject(msg, [problem], "unwritable_destination", raw=raw)
 
+    def _over_budget(self, req: ProductionRequest) -> Problem | None:
+        """The request's EECU estimate against its ``max_eecu_hours`` and LEAF_MAX_EECU_HOURS (the lower)."""
+        limits = [(v, k) for v, k in ((req.max_eecu_hours, "max_eecu_hours"),
+                                       (self.config.max_eecu_hours, "LEAF_MAX_EECU_HOURS")) if v is not None]
+        if not limits:
+            return None
+        limit, key = min(limits)
+        plan = make_plan(req)
+        est = eecu.estimate(req, plan)["eecu_hours"]
+        if est <= limit:
+            return None
+        return Problem(key, limit, f"the request is estimated at {est:,.1f} EECU-hours (leaf_engine.eecu model), "
+                                   f"over the budget of {limit:,.1f}; {eecu.split_advice(est, limit, len(plan.jobs))}")
+
     def start(self, req: ProductionRequest, message_id: str) -> StartResult:
         sink = self.sink_for(req.GCS_bucket or "")
         plan = make_plan(req)
         key = run_record_key(req.out_folder, req.request_id)
         ctx = {"request_id": req.request_id}
-        record = self._claim(sink, key, req, plan, message_id)
+        # First write: a missing or unwritable bucket fails here, as an unwritable destination.
+        reconcile.mark_active(sink, req.out_folder, req.request_id)
+        # Read-only, so done before the claim: the claim then holds everything the reconciler needs.
+        skipped = self._complete_items(sink, req, plan) if req.rerun == "skip_existing" else []
+        record = self._claim(sink, req, plan, message_id, skipped)
         if record is None:
             logs.info("duplicate request: the run is already started; nothing to do", **ctx)
             return StartResult("duplicate", req.request_id, sink.uri(key))
+        token = record.claim_token or ""
         try:
-            skipped = self._complete_items(sink, req, plan) if req.rerun == "skip_existing" else []
-            self._write_collection(sink, req, record, skipped)
+            return self._start_claimed(sink, req, plan, record, skipped)
         except TransientError:
-            self._release_claim(sink, key)  # so that the redelivery may start at once, not after the lease
+            self._release_claim(sink, req, token)  # so that the redelivery may start at once, not after the lease
             raise
-        todo = _without_items(plan, set(skipped))
-        if not todo.files:
-            self._finish(sink, key, record["claim_token"], SUCCEEDED, skipped=skipped, tasks=[])
-            logs.info("every item is already complete (rerun=skip_existing); nothing started", **ctx)
-            return StartResult("nothing_to_do", req.request_id, sink.uri(key), [])
-        try:
-            tasks = jsonable(self.starter(req, todo, sink), _task_ref)
-        except TransientError:
-            self._release_claim(sink, key)  # so that the redelivery may start at once
-            raise
+        except reconcile.LostLease as e:
+            logs.warning(f"the run was taken over while starting: {e}", **ctx)
+            return StartResult("duplicate", req.request_id, sink.uri(key))
         except LeafError as e:
-            self._finish(sink, key, record["claim_token"], FAILED, errors=[str(e)], skipped=skipped)
+            self._finish(sink, req, token, FAILED, errors=[str(e)])
             logs.error(f"the backend refused the request: {e}", **ctx, state=FAILED)
             return StartResult("failed", req.request_id, sink.uri(key), problems=[{"error": str(e)}])
         except Exception as e:
-            self._finish(sink, key, record["claim_token"], FAILED, errors=[f"{type(e).__name__}: {e}"], skipped=skipped)
+            self._finish(sink, req, token, FAILED, errors=[f"{type(e).__name__}: {e}"])
             logs.error(f"starting the jobs failed: {type(e).__name__}: {e}", **ctx, state=FAILED,
                        stack_trace=traceback.format_exc())
             return StartResult("failed", req.request_id, sink.uri(key), problems=[{"error": str(e)}])
-        self._record_tasks(sink, key, record["claim_token"], tasks, skipped)
+        except BaseException:
+            self._release_claim(sink, req, token)
+            raise
+
+    def _start_claimed(self, sink: Sink, req: ProductionRequest, plan: Plan, record: RunRecord,
+                       skipped: list[str]) -> StartResult:
+        key = run_record_key(req.out_folder, req.request_id)
+        ctx = {"request_id": req.request_id}
+        token = record.claim_token or ""
+        write_collection(sink, req, skipped, record)
+        todo = _without_items(plan, set(skipped))
+        if not todo.files:
+            self._finish(sink, req, token, SUCCEEDED)
+            logs.info("every item is already complete (rerun=skip_existing); nothing started", **ctx)
+            return StartResult("nothing_to_do", req.request_id, sink.uri(key), [])
+        if self.config.backend == "gee":
+            return self._start_tasks(sink, req, record)
+        tasks = jsonable(self.starter(req, todo, sink), _task_ref)
+
+        def started(doc: RunRecord) -> None:
+            doc.backend_tasks = tasks
+            if doc.state == CLAIMED:  # the catalogue may already have finished it (fast local backend)
+                doc.move(PROCESSING)
+                doc.claimed_at = 0.0
+
+        reconcile.save(sink, reconcile.Pass(record, token), started, holds=_holds_claim)
         logs.info(f"production started: {len(todo.files)} file(s), {len(skipped)} item(s) skipped", **ctx,
                   state=PROCESSING)
         return StartResult("started", req.request_id, sink.uri(key), tasks)
 
-    def _claim(self, sink: Sink, key: str, req: ProductionRequest, plan: Plan, message_id: str
-               ) -> dict[str, Any] | None:
-        """Create the run record, or take over a re-runnable, released or abandoned one. None = already started."""
-        record = new_run_record(req, plan, self.config, message_id)
-        # Tells our own write from another handler's: a create whose response was lost, retried, reads back 412.
-        record["claim_token"] = uuid.uuid4().hex
-        try:
-            sink.write_json(key, record, if_generation_match=0)
-            return record
-        except PreconditionFailed:
-            pass
+    def _start_tasks(self, sink: Sink, req: ProductionRequest, record: RunRecord) -> StartResult:
+        """Start the queued Earth Engine tasks that fit now; the reconciler starts the others."""
+        cfg = self.config.lifecycle
+        deadline = time.monotonic() + cfg.budget_s
+        backend = self.tasks or reconcile.earth_engine_tasks(self.config.project)
+        ops = backend.operations()
+        p = reconcile.Pass(record, record.claim_token or "")
+        started = reconcile.submit_queued(sink, p, backend, reconcile.Slots.from_operations(ops, cfg.max_in_flight),
+                                          deadline, cfg, self.clock)
+        record = reconcile.save(sink, p, reconcile.settle_run_state, holds=_holds_claim)
+        queued = sum(1 for t in record.tasks if t.state == "QUEUED")
+        logs.info(f"production started: {started} export(s) started, {queued} queued, {len(record.skipped)} "
+                  "item(s) skipped", request_id=req.request_id, state=record.state)
+        if record.state in ENDED:
+            reconcile.announce(sink, req.out_folder, req.request_id, self.run_finished)
+        return StartResult("started", req.request_id, sink.uri(run_record_key(req.out_folder, req.request_id)),
+                           [t.model_dump(mode="json") for t in record.tasks])
 
-        def mutate(doc: dict | None) -> tuple[dict | None, dict | None]:
+    def _claim(self, sink: Sink, req: ProductionRequest, plan: Plan, message_id: str, skipped: list[str]
+               ) -> RunRecord | None:
+        """Create the run record, or take over a re-runnable, released or abandoned one. None = already started."""
+        record = new_run_record(req, plan, self.config, message_id, skipped=skipped)
+        # Tells our own write from another handler's: a create whose response was lost, retried, reads back 412.
+        record.claim_token = uuid.uuid4().hex
+        record.claimed_at = self.clock()
+        if create_run(sink, record):
+            return record
+
+        def mutate(doc: RunRecord | None) -> tuple[RunRecord | None, RunRecord | None]:
             if doc is None:
                 return record, record
-            if doc.get("claim_token") == record["claim_token"]:
+            if doc.claim_token == record.claim_token:
                 return None, doc  # our own claim already landed
-            state = doc.get("state")
-            if state in (PROCESSING, SUCCEEDED):
-                return None, None
-            if state == CLAIMED and self.clock() - float(doc.get("claimed_at", 0)) < CLAIM_LEASE_S:
+            if doc.state == CLAIMED and self.clock() - doc.claimed_at < self.config.lifecycle.lease_s:
                 # Someone (maybe an earlier delivery of this very message, past its ack deadline) is starting
                 # the jobs right now: wait for it rather than start them a second time.
-                raise InProgress(f"run {req.request_id} is being started by message {doc.get('claimed_by')}; "
+                raise InProgress(f"run {req.request_id} is being started by message {doc.claimed_by}; "
                                  "redeliver later")
-            fresh = new_run_record(req, plan, self.config, message_id, int(doc.get("attempt", 1)) + 1)
-            fresh["claim_token"] = record["claim_token"]
-            fresh["history"] = [*doc.get("history", []), *fresh["history"]]
+            if doc.state != CLAIMED and doc.state not in RERUNNABLE:
+                return None, None  # started already (QUEUED, PROCESSING, SUCCEEDED): nothing to do
+            fresh = record.model_copy(deep=True)
+            fresh.attempt = doc.attempt + 1
+            before = {t.key: t.attempts for t in doc.tasks}
+            for t in fresh.tasks:  # later attempts get new Earth Engine requestIds
+                t.attempts = t.attempt_base = before.get(t.key, 0)
+            fresh.history = [*doc.history, *fresh.history]
             return fresh, fresh
 
-        return update_json(sink, key, mutate)
+        return update_run(sink, req.out_folder, req.request_id, mutate)
 
     def _complete_items(self, sink: Sink, req: ProductionRequest, plan: Plan) -> list[str]:
         """Items whose every object already exists (rerun=skip_existing does not produce them again)."""
@@ -372,55 +462,57 @@ class RequestService:
             by_item.setdefault(f.name.item_id, []).extend(s.key() for s in f.shards)
         return sorted(i for i, keys in by_item.items() if all(k in present for k in keys))
 
-    def _write_collection(self, sink: Sink, req: ProductionRequest, record: dict[str, Any], skipped: list[str]
-                          ) -> None:
-        items = {k: ExpectedItem.from_dict(v) for k, v in record["items"].items()}
-
-        def mutate(doc: dict | None) -> tuple[dict | None, None]:
-            coll = doc or new_collection(req.request_id, items, f"LEAF products of request {req.request_id}",
-                                         run=record, sink=sink)
-            statuses = coll.setdefault("leaf:items", {})
-            for item_id in items:
-                if item_id in skipped:
-                    statuses[item_id] = SKIPPED
-                else:
-                    statuses.setdefault(item_id, PENDING)
-            return coll, None
-
-        update_json(sink, collection_key(req.out_folder, req.request_id), mutate)
-        ensure_root_catalog(sink, req.out_folder, req.request_id)
-
-    def _release_claim(self, sink: Sink, key: str) -> None:
-        def mutate(doc: dict | None) -> tuple[dict | None, None]:
-            if doc is None or doc.get("state") != CLAIMED:
+    def _release_claim(self, sink: Sink, req: ProductionRequest, token: str) -> None:
+        def mutate(doc: RunRecord | None) -> tuple[RunRecord | None, None]:
+            if doc is None or doc.state != CLAIMED or doc.claim_token != token:
                 return None, None
-            return {**doc, "claimed_at": 0, "updated": now_iso()}, None
-
-        update_json(sink, key, mutate)
-
-    def _record_tasks(self, sink: Sink, key: str, token: str, tasks: Any, skipped: list[str]) -> None:
-        def mutate(doc: dict | None) -> tuple[dict | None, None]:
-            if doc is None:
-                raise LeafError(f"run record {key} disappeared while starting; re-send the request")
-            if doc.get("claim_token") != token:  # a later attempt took the run over: its record wins
-                return None, None
-            doc = {**doc, "tasks": tasks, "skipped": skipped, "updated": now_iso()}
-            if doc["state"] == CLAIMED:  # the catalogue may already have finished it (fast local backend)
-                doc["state"] = PROCESSING
-                doc["history"] = [*doc.get("history", []), {"state": PROCESSING, "at": doc["updated"]}]
+            doc.claimed_at = 0.0
+            doc.touch()
             return doc, None
 
-        update_json(sink, key, mutate)
+        try:
+            update_run(sink, req.out_folder, req.request_id, mutate)
+        except Exception as e:  # the claim then expires after its lease
+            logs.warning(f"could not release the claim: {type(e).__name__}: {e}", request_id=req.request_id)
 
-    def _finish(self, sink: Sink, key: str, token: str, state: str, **fields: Any) -> None:
-        def mutate(doc: dict | None) -> tuple[dict | None, None]:
-            if doc is not None and doc.get("claim_token") != token:  # a later attempt took the run over
-                return None, None
-            doc = {**(doc or {}), **fields, "state": state, "updated": now_iso()}
-            doc["history"] = [*doc.get("history", []), {"state": state, "at": doc["updated"]}]
+    def _finish(self, sink: Sink, req: ProductionRequest, token: str, state: str, **fields: Any) -> None:
+        def mutate(doc: RunRecord | None) -> tuple[RunRecord | None, None]:
+            if doc is None or doc.claim_token != token or state not in TRANSITIONS[doc.state]:
+                return None, None  # a later attempt took the run over, or it moved on meanwhile
+            for k, v in fields.items():
+                setattr(doc, k, v)
+            doc.move(state)
+            doc.claimed_at = 0.0
             return doc, None
 
-        update_json(sink, key, mutate)
+        update_run(sink, req.out_folder, req.request_id, mutate)
+        reconcile.announce(sink, req.out_folder, req.request_id, self.run_finished)
+
+
+def _holds_claim(record: RunRecord, token: str) -> bool:
+    return record.claim_token == token
+
+
+def write_collection(sink: Sink, req: ProductionRequest, skipped: list[str], record: RunRecord | None = None
+                     ) -> None:
+    """The run's STAC collection with every item pending (or skipped), and the root catalog; idempotent."""
+    items, objects = expectations(req, make_plan(req))
+    run = record.to_doc() if record is not None else None
+
+    def mutate(doc: dict | None) -> tuple[dict | None, None]:
+        coll = doc or new_collection(req.request_id, items, f"LEAF products of request {req.request_id}",
+                                     run=run, sink=sink, objects=objects)
+        statuses = coll.setdefault("leaf:items", {})
+        before = dict(statuses)
+        for item_id in items:
+            if item_id in skipped:
+                statuses[item_id] = SKIPPED
+            else:
+                statuses.setdefault(item_id, PENDING)
+        return (coll if doc is None or statuses != before else None), None
+
+    update_json(sink, collection_key(req.out_folder, req.request_id), mutate)
+    ensure_root_catalog(sink, req.out_folder, req.request_id)
 
 
 def _without_items(plan: Plan, skipped: set[str]) -> Plan:
@@ -493,14 +585,15 @@ def catalogue_local_run(req: ProductionRequest, sink: Sink, *, publisher: Publis
     from .catalogue.stac import add_local_extras
 
     plan = make_plan(req)
-    config = ServiceConfig(backend="local")
-    key = run_record_key(req.out_folder, req.request_id)
-    record = {**new_run_record(req, plan, config, "local"), "state": PROCESSING, "tasks": {"local": "done"}}
-    record["history"].append({"state": PROCESSING, "at": record["created"]})
-    sink.write_json(key, record)
+    record = new_run_record(req, plan, ServiceConfig(backend="local"), "local")
+    record.backend_tasks = {"local": "done"}
+    record.move(PROCESSING)
+    record.claimed_at = 0.0
+    sink.write_json(run_record_key(req.out_folder, req.request_id), record.to_doc())
+    items, objects = expectations(req, plan)
     sink.write_json(collection_key(req.out_folder, req.request_id), new_collection(
-        req.request_id, {k: ExpectedItem.from_dict(v) for k, v in record["items"].items()},
-        f"LEAF products of request {req.request_id}", run=record, sink=sink))
+        req.request_id, items, f"LEAF products of request {req.request_id}", run=record.to_doc(), sink=sink,
+        objects=objects))
     ensure_root_catalog(sink, req.out_folder, req.request_id)
     results = []
     for obj in plan.expected_objects():
@@ -509,22 +602,21 @@ def catalogue_local_run(req: ProductionRequest, sink: Sink, *, publisher: Publis
             continue
         results.append(catalogue_object(sink, ObjectEvent(obj, f"local:{obj}:{stat[1]}", size=stat[0],
                                                           md5_hash=stat[1]), publisher=publisher))
-    add_local_extras(sink, record, derived_from or {})
+    add_local_extras(sink, record.to_doc(), derived_from or {})
     return results
-
-
 
 
 # ------------------------------------------------------------------------------------------------- status
 
 
 def run_status(sink: Sink, request_id: str, out_folder: str = "") -> dict[str, Any]:
-    """Where a run stands: state, expected vs present objects, complete items, problems and errors.
+    """Where a run stands: state, tasks, EECU (estimate vs measured), expected vs present objects, complete
+    items, problems and errors.
 
     Raises LeafError when neither a run record nor an error record exists for ``request_id``.
     """
-    got = sink.read_json(run_record_key(out_folder, request_id))
-    if got is None:
+    record = read_run(sink, out_folder, request_id)
+    if record is None:
         from .outputs import error_records
 
         errs = error_records(sink, out_folder, request_id)  # one per invalid message, newest first
@@ -534,27 +626,33 @@ def run_status(sink: Sink, request_id: str, out_folder: str = "") -> dict[str, A
                             "check the request id, --bucket/--out and --folder (the request's out_folder)")
         return {"request_id": request_id, "state": INVALID, "errors": errs[0][1].get("problems", []),
                 "error_record": sink.uri(errs[0][0]), "error_records": [sink.uri(k) for k, _ in errs]}
-    record = got[0]
-    expected = list(record.get("expected_objects", []))
+    doc = record.to_doc()
+    if record.request is None and not record.objects:  # an INVALID record: no request to derive from
+        return {"request_id": request_id, "state": record.state, "errors": record.errors, "expected": 0,
+                "present": 0, "missing": [], "items": {}, "complete_items": [], "problems": {},
+                "record": sink.uri(run_record_key(out_folder, request_id))}
+    exp = record_expectations(doc)
+    expected = list(exp.objects)
     present = present_objects(sink, expected)
     coll = sink.read_json(collection_key(out_folder, request_id))
-    items = (coll[0].get("leaf:items", {}) if coll else {}) or {k: PENDING for k in record.get("items", {})}
+    items = (coll[0].get("leaf:items", {}) if coll else {}) or {k: PENDING for k in exp.items}
     problems: dict[str, Any] = {}
-    for exp in record.get("items", {}).values():
-        item = sink.read_json(item_key(out_folder, exp["region"], exp["year"], exp["period"]))
+    for it in exp.items.values():
+        item = sink.read_json(item_key(out_folder, it.region, it.year, it.period))
         if item is not None:
             problems.update(item[0]["properties"].get("leaf:problems", {}))
     return {
-        "request_id": request_id, "state": record.get("state"), "attempt": record.get("attempt"),
-        "backend": record.get("backend"), "tasks": record.get("tasks"), "created": record.get("created"),
-        "updated": record.get("updated"), "expected": len(expected),
-        "present": sum(1 for k in expected if k in present), "missing": [k for k in expected if k not in present],
+        "request_id": request_id, "state": record.state, "attempt": record.attempt,
+        "backend": record.backend, "tasks": [t.model_dump(mode="json") for t in record.tasks] or record.backend_tasks,
+        "task_summary": reconcile.summary(record), "created": record.created, "updated": record.updated,
+        "expected": len(expected), "present": sum(1 for k in expected if k in present),
+        "missing": [k for k in expected if k not in present],
         "items": items, "complete_items": sorted(k for k, s in items.items() if s in (COMPLETE, SKIPPED)),
-        "problems": problems, "errors": record.get("errors", []), "record": sink.uri(run_record_key(out_folder,
-                                                                                                      request_id)),
+        "problems": problems, "errors": record.errors, "finished": record.finished,
+        "record": sink.uri(run_record_key(out_folder, request_id)),
     }
 
 
 __all__ = ["CLAIM_LEASE_S", "COMPLETE", "InProgress", "RequestMessage", "RequestService", "ServiceConfig",
            "StartResult", "backend_starter", "catalogue_local_run", "decode_pubsub_data", "new_run_record",
-           "run_status"]
+           "run_status", "write_collection"]

@@ -145,7 +145,7 @@ def test_foreign_and_unplanned_objects(sink: LocalSink) -> None:
     assert catalogue_object(sink, ObjectEvent(stray, "b")).status == "no_run"
 
 
-def test_failed_publish_is_retried_by_its_own_redelivery_only(sink: LocalSink, tmp_path: Path) -> None:
+def test_failed_publish_releases_the_claim_for_the_redelivery(sink: LocalSink, tmp_path: Path) -> None:
     record = write_run(sink, small_request("f"))
     keys = list(record["objects"])
     write_outputs(sink, record, tmp_path)
@@ -154,29 +154,73 @@ def test_failed_publish_is_retried_by_its_own_redelivery_only(sink: LocalSink, t
         catalogue_object(sink, _event(sink, k, f"e{i}"), publisher=pub)
     with pytest.raises(TransientError):
         catalogue_object(sink, _event(sink, keys[-1], "last"), publisher=pub)
-    assert _item(sink, "f")["properties"]["leaf:tile_ready"]["state"] == "claimed"
-    # another event while the claim is fresh publishes nothing ...
-    assert not catalogue_object(sink, _event(sink, keys[0], "other"), publisher=pub).published
-    # ... the redelivery of the claiming event publishes
+    assert _item(sink, "f")["properties"]["leaf:tile_ready"] is None  # released: nothing was published
+    # the redelivery of the event publishes, once
     assert catalogue_object(sink, _event(sink, keys[-1], "last"), publisher=pub).published
+    assert not catalogue_object(sink, _event(sink, keys[0], "other"), publisher=pub).published
     assert len(pub.messages) == 1
     assert _item(sink, "f")["properties"]["leaf:tile_ready"]["state"] == "published"
 
 
 def test_abandoned_claim_is_taken_over_after_the_lease(sink: LocalSink, tmp_path: Path) -> None:
+    """A handler died right after claiming: events meanwhile ask for redelivery; after the lease one publishes."""
     import time
 
     record = write_run(sink, small_request("f"))
     keys = list(record["objects"])
     write_outputs(sink, record, tmp_path)
-    pub = RecordingPublisher(fail_times=1)
+    pub = RecordingPublisher()
     for i, k in enumerate(keys[:-1]):
         catalogue_object(sink, _event(sink, k, f"e{i}"), publisher=pub)
-    with pytest.raises(TransientError):
-        catalogue_object(sink, _event(sink, keys[-1], "dies"), publisher=pub)
+    ikey = item_key("f", "tile42_911", 2020, "Jul")
+    item, gen = sink.read_json(ikey)
+    item["properties"]["leaf:tile_ready"] = {"state": "claimed", "by": "dead-handler", "claimed_at": time.time()}
+    sink.write_json(ikey, item, if_generation_match=gen)
+    with pytest.raises(TransientError, match="redeliver"):  # complete, but another handler's claim is pending
+        catalogue_object(sink, _event(sink, keys[-1], "last"), publisher=pub)
+    assert not pub.messages
     later = time.time() + CLAIM_LEASE_S + 1
-    result = catalogue_object(sink, _event(sink, keys[0], "later"), publisher=pub, clock=lambda: later)
+    result = catalogue_object(sink, _event(sink, keys[-1], "last"), publisher=pub, clock=lambda: later)
     assert result.published and len(pub.messages) == 1
+
+
+def test_a_handler_slower_than_the_lease_does_not_publish_twice(sink: LocalSink, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handler A claims, then stalls past the lease; the redelivery of the same event (B) takes over and
+    publishes; A's fence then fails, so A publishes nothing: one tile-ready."""
+    import threading
+    import time
+
+    from leaf_engine.catalogue import records
+
+    record = write_run(sink, small_request("f"))
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    pub = RecordingPublisher()
+    for i, k in enumerate(keys[:-1]):
+        catalogue_object(sink, _event(sink, k, f"e{i}"), publisher=pub)
+    original = records._fence_publish
+    stalled, resume = threading.Event(), threading.Event()
+
+    def slow_fence(*args, **kwargs):
+        if threading.current_thread().name == "handler-a":
+            stalled.set()
+            resume.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(records, "_fence_publish", slow_fence)
+    results: list = []
+    a = threading.Thread(target=lambda: results.append(
+        catalogue_object(sink, _event(sink, keys[-1], "last"), publisher=pub)), name="handler-a")
+    a.start()
+    assert stalled.wait(30)
+    later = time.time() + CLAIM_LEASE_S + 1
+    b = catalogue_object(sink, _event(sink, keys[-1], "last"), publisher=pub, clock=lambda: later)
+    resume.set()
+    a.join(30)
+    assert b.published and not results[0].published
+    assert len(pub.messages) == 1
+    assert _item(sink, "f")["properties"]["leaf:tile_ready"]["state"] == "published"
 
 
 def test_sharded_files_are_one_asset_with_their_shards(sink: LocalSink, tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ from leaf_engine.naming import collection_key, item_key, run_record_key
 from leaf_engine.plan import make_plan
 from leaf_engine.service import ServiceConfig, catalogue_local_run, new_run_record
 from leaf_engine.sinks import LocalSink
-from tests.support.runs import RecordingPublisher, small_request, write_outputs
+from tests.support.runs import RecordingPublisher, small_request, with_expectations, write_outputs
 
 
 def test_local_run_manifests(tmp_path: Path) -> None:
     sink = LocalSink(tmp_path / "out")
     req = small_request("local", months=[7, 8], out_location="local")
-    record = new_run_record(req, make_plan(req), ServiceConfig(backend="local"), "x")
+    record = with_expectations(new_run_record(req, make_plan(req), ServiceConfig(backend="local"), "x").to_doc())
     july = [k for k, o in record["objects"].items() if o["item_id"] == "tile42_911_2020_Jul"]
     write_outputs(sink, record, tmp_path, july)  # August produced nothing (yet)
 

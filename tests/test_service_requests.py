@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from leaf_engine.catalogue.expectations import record_expectations
 from leaf_engine.errors import LeafError, TransientError
 from leaf_engine.naming import collection_key, error_record_key, run_record_key
 from leaf_engine.plan import Plan
 from leaf_engine.request import ProductionRequest, parse_request
 from leaf_engine.service import InProgress, RequestMessage, RequestService, ServiceConfig
 from leaf_engine.sinks import LocalSink, Sink
-from tests.support.runs import write_outputs
+from tests.support.runs import with_expectations, write_outputs
 
 BUCKET = "leaf-out"
 
@@ -77,8 +78,9 @@ def test_start_writes_run_record_and_collection(env) -> None:
     record = _record(buckets, rid)
     assert record["state"] == "PROCESSING"
     assert [h["state"] for h in record["history"]] == ["CLAIMED", "PROCESSING"]
-    assert record["tasks"] == result.tasks and len(record["tasks"]) == 2 * 6
-    assert sorted(record["expected_objects"]) == sorted(record["objects"])
+    assert record["backend_tasks"] == result.tasks and len(record["backend_tasks"]) == 2 * 6
+    assert record["tasks"] == []  # Earth Engine tasks only
+    assert len(record_expectations(record).objects) == 12  # derived from the stored request
     assert record["request"]["request_id"] == rid
     coll, _ = buckets(BUCKET).read_json(collection_key("prod", rid))
     assert coll["leaf:items"] == {"tile42_911_2020_Jul": "pending", "tile42_911_2020_Aug": "pending"}
@@ -158,7 +160,7 @@ def test_an_abandoned_claim_is_taken_over_after_the_lease(env) -> None:
     req = parse_request(_raw())
     # a handler that died right after claiming left this behind
     buckets(BUCKET).write_json(run_record_key("prod", req.request_id),
-                               new_run_record(req, make_plan(req), service.config, "m1"))
+                               new_run_record(req, make_plan(req), service.config, "m1").to_doc())
     with pytest.raises(InProgress):
         service.handle(_msg(_raw(), "m2"))
     service.clock = lambda: time.time() + CLAIM_LEASE_S + 1
@@ -183,7 +185,7 @@ def test_failed_run_may_be_rerun(env) -> None:
 def test_skip_existing_and_overwrite(env, tmp_path: Path) -> None:
     service, backend, buckets = env
     service.handle(_msg(_raw()))
-    first = _record(buckets, parse_request(_raw()).request_id)
+    first = with_expectations(_record(buckets, parse_request(_raw()).request_id))
     july = [k for k, o in first["objects"].items() if o["item_id"] == "tile42_911_2020_Jul"]
     write_outputs(buckets(BUCKET), first, tmp_path, july)
 
@@ -207,7 +209,7 @@ def test_skip_existing_and_overwrite(env, tmp_path: Path) -> None:
 def test_everything_complete_starts_nothing(env, tmp_path: Path) -> None:
     service, backend, buckets = env
     service.handle(_msg(_raw()))
-    first = _record(buckets, parse_request(_raw()).request_id)
+    first = with_expectations(_record(buckets, parse_request(_raw()).request_id))
     write_outputs(buckets(BUCKET), first, tmp_path)
     result = service.handle(_msg(_raw(), "m2", request_id="third"))
     assert result.status == "nothing_to_do" and len(backend.starts) == 1
@@ -288,7 +290,9 @@ def test_a_transient_failure_after_the_claim_releases_it(env, monkeypatch: pytes
     def flaky(*_args: Any) -> None:
         raise TransientError("GCS 503")
 
-    monkeypatch.setattr(service, "_write_collection", flaky)
+    import leaf_engine.service as service_module
+
+    monkeypatch.setattr(service_module, "write_collection", flaky)
     with pytest.raises(TransientError):
         service.handle(_msg(_raw()))
     monkeypatch.undo()

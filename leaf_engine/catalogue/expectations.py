@@ -70,30 +70,67 @@ def _crs_string(crs: Any) -> str:
 
 
 def expectations(req: ProductionRequest, plan: Plan) -> tuple[dict[str, ExpectedItem], dict[str, ExpectedObject]]:
-    """Items and objects of a request, keyed by item id and object key."""
+    """Items and objects of a request, keyed by item id and object key. Linear in the number of objects: each
+    job's grid is computed once, and objects are grouped by item as they are made."""
     jobs = {job.job_id: job for job in req.jobs()}
+    grids: dict[str, Any] = {}
     objects: dict[str, ExpectedObject] = {}
-    items: dict[str, ExpectedItem] = {}
+    by_item: dict[str, list[str]] = {job_id: [] for job_id in jobs}
     for pf in plan.files:
-        job = jobs[pf.job_id]
-        gbox = job.geobox()
-        base = gbox.transform
+        if pf.job_id not in grids:
+            gbox = jobs[pf.job_id].geobox()
+            grids[pf.job_id] = (gbox.transform, _crs_string(gbox.crs))
+        base, crs = grids[pf.job_id]
         prod = products.product(pf.name.product)
         for shard in pf.shards:
             row, col = shard.shard if shard.shard is not None else (0, 0)
             width = min(EE_FILE_DIMENSIONS, pf.width - col) if shard.shard else pf.width
             height = min(EE_FILE_DIMENSIONS, pf.height - row) if shard.shard else pf.height
             t = base @ Affine.translation(col, row)
-            objects[shard.key()] = ExpectedObject(
-                shard.key(), pf.name.item_id, pf.name.product, list(shard.shard) if shard.shard else None,
-                width, height, [t.a, t.b, t.c, t.d, t.e, t.f], _crs_string(gbox.crs), prod.dtype, prod.nodata)
-    for job in req.jobs():
-        keys = [k for k, o in objects.items() if o.item_id == job.job_id]
+            key = shard.key()
+            objects[key] = ExpectedObject(
+                key, pf.name.item_id, pf.name.product, list(shard.shard) if shard.shard else None,
+                width, height, [t.a, t.b, t.c, t.d, t.e, t.f], crs, prod.dtype, prod.nodata)
+            by_item[pf.name.item_id].append(key)
+    items: dict[str, ExpectedItem] = {}
+    for job in jobs.values():
         geom = job.region.geometry
         items[job.job_id] = ExpectedItem(
             job.job_id, job.region.name, job.year, job.period, job.start.isoformat(), job.end.isoformat(),
-            mapping(geom), list(geom.bounds), list(job.products), keys)
+            _jsonify(mapping(geom)), list(geom.bounds), list(job.products), by_item[job.job_id])
     return items, objects
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What one run must write: its items and objects (see :func:`record_expectations`)."""
+
+    items: dict[str, ExpectedItem]
+    objects: dict[str, ExpectedObject]
+
+    def item_objects(self, item_id: str) -> list[ExpectedObject]:
+        return [self.objects[k] for k in self.items[item_id].objects]
+
+
+def record_request(record: dict[str, Any]) -> ProductionRequest:
+    """The request stored in a run record, rebuilt without validating again (it was validated when the run
+    started; validating again could depend on today's date or on files of the starting machine)."""
+    raw = dict(record["request"])
+    request_id = raw.pop("request_id", record["request_id"])
+    return ProductionRequest.model_validate({**raw, "supplied_request_id": request_id})
+
+
+def record_expectations(record: dict[str, Any]) -> Expectations:
+    """Expectations of a run record: derived from its request, or the explicit ``items``/``objects`` of a record
+    that lists them (test records that simulate Earth Engine shards)."""
+    if record.get("objects") and record.get("items"):
+        return Expectations({k: ExpectedItem.from_dict(v) for k, v in record["items"].items()},
+                            {k: ExpectedObject.from_dict(v) for k, v in record["objects"].items()})
+    req = record_request(record)
+    from ..plan import make_plan
+
+    items, objects = expectations(req, make_plan(req))
+    return Expectations(items, objects)
 
 
 def _jsonify(value: Any) -> Any:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import copy
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import logs
 from ..decoding import clip
-from ..errors import NamingError
-from ..naming import OutputName, collection_key, item_key
+from ..errors import NamingError, TransientError
+from ..naming import OutputName, collection_key, item_key, run_record_key
 from ..sinks import Sink
 from . import tile_ready
 from .check import check_object
 from .concurrency import update_json
 from .expectations import ExpectedItem, ExpectedObject
-from .runs import CLAIMED, PROCESSING, SUCCEEDED, run_for_object, set_state
+from .runs import CANCELLED, CLAIMED, PROCESSING, QUEUED, SUCCEEDED, run_expectations, run_for_object, set_state
 from .stac import href, item_grid_fields, item_links, new_collection, new_item, now_iso, product_asset, shard_entry
 
 COMPLETE, PARTIAL, SKIPPED, PENDING = "complete", "partial", "skipped", "pending"
@@ -70,12 +71,20 @@ def _existing_entry(item: dict[str, Any], product: str, key: str) -> dict[str, A
 
 
 def _claim_due(state: dict[str, Any] | None, token: str, now: float) -> bool:
-    """May this event (``token``) claim the item's tile-ready message now?"""
+    """May this handler (fencing ``token``, unique per handling, never the event id) claim the item's tile-ready
+    message now? Only when nobody did, or a claim was abandoned: older than the lease and never published."""
     if state is None:
         return True
-    if state.get("state") != "claimed":
-        return False
-    return state.get("by") == token or now - float(state.get("claimed_at", 0)) > tile_ready.CLAIM_LEASE_S
+    if state.get("state") == "claimed":
+        return now - float(state.get("claimed_at", 0)) > tile_ready.CLAIM_LEASE_S
+    if state.get("state") == "publishing":  # died between the fence and the publish (a publish times out at 60 s)
+        return now - float(state.get("publishing_at", 0)) > tile_ready.CLAIM_LEASE_S
+    return False
+
+
+def _awaited(state: dict[str, Any] | None) -> bool:
+    """Another handler holds the tile-ready claim and has not published yet."""
+    return state is not None and state.get("state") in ("claimed", "publishing")
 
 
 class _ItemUpdate:
@@ -83,10 +92,14 @@ class _ItemUpdate:
 
     def __init__(self, run: dict[str, Any], exp_item: ExpectedItem, exp_obj: ExpectedObject, entry: dict[str, Any],
                  event: ObjectEvent, links: list[dict[str, str]], can_publish: bool,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], fence: str = ""):
         self.run, self.exp_item, self.exp_obj, self.entry = run, exp_item, exp_obj, entry
         self.event, self.links = event, links
         self.can_publish, self.clock = can_publish, clock
+        self.fence = fence or uuid.uuid4().hex
+        self.item_objects: list[ExpectedObject] = []
+        self.waiting = False
+        """Set when the item is complete but another handler's tile-ready claim is still unpublished."""
 
     def _fresh(self) -> dict[str, Any]:
         item = new_item(self.exp_item, self.run["request_id"], self.run["collection_id"], self.run)
@@ -110,11 +123,12 @@ class _ItemUpdate:
         item["properties"]["leaf:complete"] = complete
         claimed = False
         now = self.clock()
-        if complete and self.can_publish and _claim_due(item["properties"]["leaf:tile_ready"], self.event.event_id,
-                                                        now):
-            item["properties"]["leaf:tile_ready"] = {"state": "claimed", "by": self.event.event_id,
-                                                     "claimed_at": now}
+        if complete and self.can_publish and _claim_due(item["properties"]["leaf:tile_ready"], self.fence, now):
+            item["properties"]["leaf:tile_ready"] = {"state": "claimed", "by": self.fence,
+                                                     "event_id": self.event.event_id, "claimed_at": now}
             claimed = changed = True
+        self.waiting = complete and self.can_publish and not claimed and _awaited(
+            item["properties"]["leaf:tile_ready"])
         if not changed:
             return None, ("recorded", complete, False)
         item["properties"]["updated"] = now_iso()
@@ -134,18 +148,52 @@ class _ItemUpdate:
 
     def _whole_file_grid(self) -> tuple[list[int], list[float]]:
         """Shape and transform of the whole (unsplit) file: the union of its shards' expected grids."""
-        siblings = [ExpectedObject.from_dict(o) for o in self.run["objects"].values()
-                    if o["item_id"] == self.exp_obj.item_id and o["product"] == self.exp_obj.product]
+        siblings = [o for o in self.item_objects if o.product == self.exp_obj.product]
         first = min(siblings, key=lambda o: tuple(o.shard or [0, 0]))
         height = max((o.shard or [0, 0])[0] + o.height for o in siblings)
         width = max((o.shard or [0, 0])[1] + o.width for o in siblings)
         return [height, width], first.transform
 
 
+def _fence_publish(sink: Sink, key: str, token: str, clock: Callable[[], float]) -> dict | None:
+    """Just before publishing: move our claim to ``publishing`` under a generation precondition. False when a
+    later handler took the claim over meanwhile (this one was slower than the lease): it must not publish.
+    Returns the item as fenced, so nothing but the publish itself lies between the fence and the message."""
+    def mutate(doc: dict | None) -> tuple[dict | None, dict | None]:
+        state = (doc or {}).get("properties", {}).get("leaf:tile_ready")
+        if doc is None or not state or state.get("by") != token or state.get("state") != "claimed":
+            return None, None
+        doc = copy.deepcopy(doc)
+        doc["properties"]["leaf:tile_ready"] = {**state, "state": "publishing", "publishing_at": clock()}
+        return doc, doc
+
+    return update_json(sink, key, mutate)
+
+
+def _cancelled(sink: Sink, run: dict[str, Any]) -> bool:
+    got = sink.read_json(run_record_key(run["out_folder"], run["request_id"]))
+    return got is not None and got[0].get("state") == CANCELLED
+
+
+def _release_tile_claim(sink: Sink, key: str, token: str, phase: str = "publishing") -> None:
+    def mutate(doc: dict | None) -> tuple[dict | None, None]:
+        state = (doc or {}).get("properties", {}).get("leaf:tile_ready")
+        if doc is None or not state or state.get("by") != token or state.get("state") != phase:
+            return None, None
+        doc = copy.deepcopy(doc)
+        doc["properties"]["leaf:tile_ready"] = None
+        return doc, None
+
+    try:
+        update_json(sink, key, mutate)
+    except Exception as e:  # the claim then expires after its lease
+        logs.warning(f"could not release the tile-ready claim: {type(e).__name__}: {e}", object=key)
+
+
 def _mark_published(sink: Sink, key: str, token: str, message_id: str) -> None:
     def mutate(doc: dict | None) -> tuple[dict | None, None]:
         state = (doc or {}).get("properties", {}).get("leaf:tile_ready")
-        if doc is None or not state or state.get("by") != token or state.get("state") != "claimed":
+        if doc is None or not state or state.get("by") != token or state.get("state") != "publishing":
             return None, None
         doc = copy.deepcopy(doc)
         doc["properties"]["leaf:tile_ready"] = {**state, "state": "published", "message_id": message_id,
@@ -155,14 +203,15 @@ def _mark_published(sink: Sink, key: str, token: str, message_id: str) -> None:
     update_json(sink, key, mutate)
 
 
-def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, status: str, item_href: str) -> bool:
+def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, status: str, item_href: str,
+                       items: dict[str, ExpectedItem], objects: dict[str, ExpectedObject]) -> bool:
     """Record the item's status in the run's collection. Returns True when every item is complete or skipped."""
     key = collection_key(run["out_folder"], run["request_id"])
 
     def mutate(doc: dict | None) -> tuple[dict | None, bool]:
         coll = copy.deepcopy(doc) if doc is not None else new_collection(
-            run["request_id"], {k: ExpectedItem.from_dict(v) for k, v in run["items"].items()},
-            f"LEAF products of request {run['request_id']}", run=run, sink=sink)
+            run["request_id"], items, f"LEAF products of request {run['request_id']}", run=run, sink=sink,
+            objects=objects)
         statuses = coll.setdefault("leaf:items", {})
         # Events arrive in any order: a late event of a partial item must not undo "complete".
         new_status = statuses.get(item_id) if status == PARTIAL and statuses.get(item_id) in (COMPLETE, SKIPPED) \
@@ -211,8 +260,9 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
     if run is None:
         logs.warning("no run record expects this object; not catalogued", object=event.key)
         return CatalogueResult("no_run", event.key, reason="no run record expects it")
-    exp_obj = ExpectedObject.from_dict(run["objects"][event.key])
-    exp_item = ExpectedItem.from_dict(run["items"][exp_obj.item_id])
+    expected = run_expectations(sink, run)
+    exp_obj = expected.objects[event.key]
+    exp_item = expected.items[exp_obj.item_id]
     ctx = {"request_id": run["request_id"], "region": exp_item.region, "period": exp_item.period,
            "item_id": exp_item.item_id, "object": event.key, "event_id": event.event_id}
 
@@ -231,6 +281,7 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
     item_href = sink.uri(ikey)
     update = _ItemUpdate(run, exp_item, exp_obj, entry, event, item_links(sink, ikey, run["out_folder"],
                          run["request_id"]), publisher is not None, clock)
+    update.item_objects = expected.item_objects(exp_item.item_id)
     status, complete, claimed = update_json(sink, ikey, update)
     if check.errors:
         logs.error("output file failed its check: " + "; ".join(check.errors), **ctx)
@@ -238,20 +289,34 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
         return CatalogueResult("stale", event.key, run["request_id"], exp_item.item_id, complete,
                                reason="a newer generation is already catalogued")
     published = False
-    if claimed and publisher is not None:
-        got = sink.read_json(ikey)
-        item = got[0] if got else {}
-        data, attributes = tile_ready.message(item, item_href)
-        message_id = publisher.publish(data, attributes)
-        _mark_published(sink, ikey, event.event_id, message_id)
+    if claimed and _cancelled(sink, run):  # a cancelled run announces nothing more (its state read fresh)
+        _release_tile_claim(sink, ikey, update.fence, "claimed")
+        claimed = False
+        update.waiting = False
+        logs.info("run cancelled: no tile-ready", **ctx)
+    fenced = _fence_publish(sink, ikey, update.fence, clock) if claimed and publisher is not None else None
+    if fenced is not None and publisher is not None:
+        data, attributes = tile_ready.message(fenced, item_href)
+        try:
+            message_id = publisher.publish(data, attributes)
+        except BaseException:
+            _release_tile_claim(sink, ikey, update.fence)  # the redelivery (or any later event) may publish
+            raise
+        _mark_published(sink, ikey, update.fence, message_id)
         published = True
         logs.info("tile ready published", message_id=message_id, **ctx)
     if complete:
-        all_done = _update_collection(sink, run, exp_item.item_id, COMPLETE, href(sink, ikey, ckey))
-        if all_done and set_state(sink, run["out_folder"], run["request_id"], SUCCEEDED,
-                                       only_from=(CLAIMED, PROCESSING)):
+        all_done = _update_collection(sink, run, exp_item.item_id, COMPLETE, href(sink, ikey, ckey), expected.items,
+                                      expected.objects)
+        # Runs with Earth Engine tasks are ended by the reconciler, which also records their EECU.
+        if all_done and not run.get("tasks") and set_state(sink, run["out_folder"], run["request_id"], SUCCEEDED,
+                                                           only_from=(CLAIMED, QUEUED, PROCESSING)):
             logs.info("run succeeded: every item is complete", **{**ctx, "state": SUCCEEDED})
     else:
-        _update_collection(sink, run, exp_item.item_id, PARTIAL, href(sink, ikey, ckey))
+        _update_collection(sink, run, exp_item.item_id, PARTIAL, href(sink, ikey, ckey), expected.items,
+                           expected.objects)
     logs.info("object catalogued", **ctx)
+    if update.waiting:  # if that handler died, the redelivery of this event takes its claim over after the lease
+        raise TransientError(f"item {exp_item.item_id} is complete and another handler is publishing its "
+                             "tile-ready message; redeliver later to make sure it was published")
     return CatalogueResult("recorded", event.key, run["request_id"], exp_item.item_id, complete, published)

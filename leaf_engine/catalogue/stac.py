@@ -389,9 +389,11 @@ def _resolutions(items: dict[str, ExpectedItem]) -> list[int]:
 
 
 def new_collection(request_id: str, items: dict[str, ExpectedItem], description: str, *,
-                   run: Mapping[str, Any] | None = None, sink: Any = None) -> dict[str, Any]:
+                   run: Mapping[str, Any] | None = None, sink: Any = None,
+                   objects: Mapping[str, ExpectedObject] | None = None) -> dict[str, Any]:
     """The run's collection: extent of every expected item, item status under ``leaf:items``, ``item_assets``
-    for every product, summaries, licence and (given ``sink``) its root/parent/self links."""
+    for every product, summaries (``objects``: the run's expected objects, for their CRS), licence and (given
+    ``sink``) its root/parent/self links."""
     bboxes = [e.bbox for e in items.values()]
     bbox = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes),
             max(b[3] for b in bboxes)] if bboxes else [-180.0, -90.0, 180.0, 90.0]
@@ -415,7 +417,7 @@ def new_collection(request_id: str, items: dict[str, ExpectedItem], description:
         describe_asset(asset, name)
         item_assets[name] = pystac.ItemAssetDefinition({k: v for k, v in asset.to_dict().items() if k != "href"})
     coll.item_assets = item_assets
-    codes = sorted({c for e in items.values() if (c := _first_crs(run, e)) and c.upper().startswith("EPSG:")})
+    codes = sorted({c for e in items.values() if (c := _first_crs(objects, e)) and c.upper().startswith("EPSG:")})
     coll.summaries.add("proj:code", codes)
     coll.summaries.add("gsd", _resolutions(items))
     if req.get("sensor"):
@@ -431,11 +433,10 @@ def new_collection(request_id: str, items: dict[str, ExpectedItem], description:
     return d
 
 
-def _first_crs(run: Mapping[str, Any] | None, exp: ExpectedItem) -> str | None:
-    objects = (run or {}).get("objects") or {}
+def _first_crs(objects: Mapping[str, ExpectedObject] | None, exp: ExpectedItem) -> str | None:
     for key in exp.objects:
-        if key in objects:
-            return str(objects[key]["crs"])
+        if objects and key in objects:
+            return str(objects[key].crs)
     return None
 
 
@@ -448,8 +449,9 @@ def add_local_extras(sink: Any, run: Mapping[str, Any], derived_from: Mapping[st
     links (absolute: the inputs do not travel with the outputs)."""
     from ..naming import item_key
     from .concurrency import update_json
+    from .expectations import record_expectations
 
-    for exp in (ExpectedItem.from_dict(v) for v in run["items"].values()):
+    for exp in record_expectations(dict(run)).items.values():
         ikey = item_key(run["out_folder"], exp.region, exp.year, exp.period)
         pngs = {}
         for key in exp.objects:

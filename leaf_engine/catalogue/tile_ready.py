@@ -1,10 +1,13 @@
 """Tile-ready messages: one per complete item, for downstream jobs (``LEAF_TILE_READY_TOPIC``).
 
-Exactly once per item is kept by a claim written into the item under a generation precondition: only the event
-that wins the claim publishes, then marks the item ``published``. An event that claimed and then failed to publish
-raises, is redelivered with the same event id, and publishes then; a claim left by a handler that died is taken
-over after :data:`CLAIM_LEASE_S`. The one remaining gap (a crash between publish and the ``published`` mark)
-can only repeat, never lose, the message; its ``tile_ready_id`` attribute lets consumers drop the repeat.
+Exactly once per item is kept by a claim written into the item under a generation precondition, with a fencing
+token unique to each handling (never the event id, which a redelivery shares): only the handler that wins the
+claim may publish, and just before publishing it moves its claim to ``publishing`` under a generation
+precondition, which fails if a later handler took an abandoned claim over meanwhile (so a handler slower than the
+lease never publishes a second message). A redelivered event that finds another handler's unpublished claim asks
+to be redelivered later, so a claim left by a handler that died is taken over after :data:`CLAIM_LEASE_S`. The one
+remaining gap (a crash between the publish and the ``published`` mark) can only repeat, never lose, the message;
+its ``tile_ready_id`` attribute lets consumers drop the repeat.
 """
 
 from __future__ import annotations

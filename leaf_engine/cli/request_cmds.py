@@ -105,10 +105,13 @@ def plan(
     limit: LimitOption = None,
 ) -> None:
     """Pre-flight: jobs, output files, pixels and estimated bytes, Earth Engine tasks and shards."""
+    from ..eecu import estimate
+
     req = read_request(request, limits_from(limit))
     p = make_plan(req)
+    cost = estimate(req, p)
     if as_json:
-        _print_json(p.to_dict())
+        _print_json({**p.to_dict(), "eecu": cost})
         return
     table = Table(title=f"plan of request {p.request_id}")
     for col in ("object", "size (px)", "pixels", "est. bytes", "shards"):
@@ -121,3 +124,7 @@ def plan(
         f"{t['jobs']} job(s), {t['files']} file(s) in {t['objects']} object(s), {t['ee_tasks']} Earth Engine "
         f"task(s); {t['pixels']:,} pixels, about {_size(t['est_bytes'])} (uncompressed {_size(t['raw_bytes'])})"
     )
+    per_job = cost["per_job"]
+    console.print(f"Earth Engine compute: about {cost['eecu_hours']:,.1f} EECU-hours "
+                  f"({min(per_job.values()):,.2f}–{max(per_job.values()):,.2f} per job; model and sources: "
+                  "leaf_engine.eecu)", markup=False, highlight=False)

@@ -1,4 +1,5 @@
-"""Subcommands of the event-driven service: ``publish`` a request, show a run's ``status``."""
+"""Subcommands of the event-driven service: ``publish`` a request, show a run's ``status``, ``reconcile`` active
+runs, ``cancel`` or ``resume`` a run."""
 
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ def status(
         print(json.dumps(report, indent=2))
         return
     lines = [f"request {report['request_id']}: {report['state']}"]
+    summary = report.get("task_summary")
+    if summary and summary["tasks"]:
+        lines.append(f"tasks: {_bar(summary['done'], summary['tasks'])} {summary['done']}/{summary['tasks']} "
+                     "settled (" + ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) + ")")
+        estimate = (summary.get("estimate") or {}).get("eecu_hours")
+        lines.append(f"EECU-hours: {summary['eecu_hours']:.3f} measured" + (
+            f", {estimate:.3f} estimated" if estimate is not None else ""))
+        lines += [f"  task {t['job_id']}/{t['product']}: {t['state']} (attempt {t['attempts']})"
+                  + (f" — {t['error']}" if t.get("error") else "")
+                  for t in report["tasks"] if t["state"] not in ("COMPLETE",)][:40]
     if "expected" in report:
         lines.append(f"objects: {report['present']}/{report['expected']} present")
         lines += [f"  missing: {k}" for k in report["missing"][:20]]
@@ -77,7 +88,72 @@ def status(
     for e in report.get("errors", []):
         lines.append(f"error: {e}")
     console.print("\n".join(lines), markup=False, highlight=False)
-    if report["state"] in ("FAILED", "INVALID"):
+    if report["state"] in ("FAILED", "INVALID", "PARTIAL", "CANCELLED"):
         console_err.print(f"run {report['state']}", markup=False, highlight=False)
         raise typer.Exit(1)
 
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = round(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+Bucket = Annotated[str, typer.Option("--bucket", help="The request's GCS_bucket.")]
+Folder = Annotated[str, typer.Option("--folder", help="The request's out_folder.")]
+Project = Annotated[str | None, typer.Option("--project", help="Earth Engine cloud project.")]
+
+
+@app.command()
+def reconcile(
+    bucket: Bucket,
+    folder: Annotated[str | None, typer.Option(
+        "--folder", help="Reconcile every run of this out_folder (default: the runs marked active in the bucket).")
+    ] = None,
+    project: Project = None,
+) -> None:
+    """One reconcile pass: record Earth Engine task states and EECU, retry, start queued tasks, end runs.
+
+    Prints one JSON line per run. Settings: LEAF_MAX_TASKS_IN_FLIGHT, LEAF_MAX_TASK_ATTEMPTS,
+    LEAF_RETRY_BACKOFF_S, LEAF_HANDLER_BUDGET_S; run-finished messages go to LEAF_RUN_FINISHED_TOPIC when set.
+    """
+    from .. import reconcile as lifecycle
+    from ..sinks import GcsSink
+
+    outcomes = lifecycle.reconcile(GcsSink(bucket), folder, backend=lifecycle.earth_engine_tasks(project),
+                                   publisher=lifecycle.run_finished_publisher())
+    for o in outcomes:
+        print(json.dumps(o.to_dict()))
+
+
+@app.command()
+def cancel(
+    request_id: Annotated[str, typer.Argument(help="The run's request id.")],
+    bucket: Bucket,
+    folder: Folder = "",
+    project: Project = None,
+) -> None:
+    """Cancel a run: its Earth Engine operations are cancelled and it ends CANCELLED (no tile-ready after)."""
+    from .. import reconcile as lifecycle
+    from ..sinks import GcsSink
+
+    record = lifecycle.cancel_run(GcsSink(bucket), folder, request_id, backend=lifecycle.earth_engine_tasks(project),
+                                  publisher=lifecycle.run_finished_publisher())
+    print(json.dumps({"request_id": request_id, "state": record.state, "counts": record.counts()}))
+
+
+@app.command()
+def resume(
+    request_id: Annotated[str, typer.Argument(help="The run's request id.")],
+    bucket: Bucket,
+    folder: Folder = "",
+    project: Project = None,
+) -> None:
+    """Resume a run: resubmit its failed, cancelled or missing exports (new attempts), skip complete ones."""
+    from .. import reconcile as lifecycle
+    from ..sinks import GcsSink
+
+    outcome = lifecycle.resume_run(GcsSink(bucket), folder, request_id,
+                                   backend=lifecycle.earth_engine_tasks(project),
+                                   publisher=lifecycle.run_finished_publisher())
+    print(json.dumps(outcome.to_dict()))

@@ -168,8 +168,9 @@ def start_fake_gcs(log_dir: Path, pubsub_host: str) -> tuple[Service, str]:
     return svc, url
 
 
-def start_function(log_dir: Path, target: str, env: dict[str, str]) -> tuple[Service, str]:
-    port = free_port()
+def start_function(log_dir: Path, target: str, env: dict[str, str], port: int | None = None
+                   ) -> tuple[Service, str]:
+    port = port or free_port()
     ff = Path(sys.executable).with_name("functions-framework")
     cmd = [str(ff) if ff.exists() else "functions-framework", "--target", target, "--signature-type",
            "cloudevent", "--port", str(port), "--host", "127.0.0.1", "--source", str(REPO / "functions" / "main.py")]
@@ -226,9 +227,10 @@ def running_emulators() -> Iterator[Emulators]:
 
 
 @contextmanager
-def function_server(emu: Emulators, target: str, env: dict[str, str]) -> Iterator[str]:
-    """Serve one entry point of functions/main.py over HTTP; yields its base URL."""
-    svc, url = start_function(emu.log_dir, target, {**emu.env, **env})
+def function_server(emu: Emulators, target: str, env: dict[str, str], port: int | None = None) -> Iterator[str]:
+    """Serve one entry point of functions/main.py over HTTP (on ``port``, e.g. to restart a killed server where
+    its push subscription points); yields its base URL."""
+    svc, url = start_function(emu.log_dir, target, {**emu.env, **env}, port)
     emu.services.append(svc)
     try:
         yield url

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf_engine.catalogue import ExpectedObject
+from leaf_engine.catalogue.expectations import record_expectations
 from leaf_engine.naming import OutputName, run_record_key
 from leaf_engine.plan import make_plan
 from leaf_engine.request import ProductionRequest, parse_request
@@ -23,13 +24,25 @@ def small_request(folder: str, request_id: str | None = None, **extra: Any) -> P
     return parse_request(raw, request_id=request_id)
 
 
+def with_expectations(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record with its derived ``items`` and ``objects`` spelt out (what the tests below index)."""
+    exp = record_expectations(record)
+    return {**record, "items": {k: v.to_dict() for k, v in exp.items.items()},
+            "objects": {k: v.to_dict() for k, v in exp.objects.items()}}
+
+
 def write_run(sink: Sink, req: ProductionRequest, state: str = "PROCESSING", shards: int = 1) -> dict[str, Any]:
-    """Store the run record the service would write (optionally with each file split in shards × shards)."""
-    record = new_run_record(req, make_plan(req), ServiceConfig(backend="external"), "test")
+    """Store the run record the service would write (optionally with each file split in shards × shards, which
+    writes the expectations explicitly). Returns it with its expectations spelt out."""
+    record = new_run_record(req, make_plan(req), ServiceConfig(backend="external"), "test").to_doc()
     record["state"] = state
+    record = with_expectations(record)
     if shards > 1:
         record = split_in_shards(record, shards)
-    sink.write_json(run_record_key(req.out_folder, req.request_id), record)
+        sink.write_json(run_record_key(req.out_folder, req.request_id), record)
+    else:
+        sink.write_json(run_record_key(req.out_folder, req.request_id),
+                        {k: v for k, v in record.items() if k not in ("items", "objects")})
     return record
 
 
@@ -47,7 +60,6 @@ def split_in_shards(record: dict[str, Any], n: int) -> dict[str, Any]:
                 objects[shard] = {**o, "key": shard, "shard": [i * h, j * w], "width": w, "height": h,
                                   "transform": [a, b, c + j * w * a, d, e, f + i * h * e]}
     record["objects"] = objects
-    record["expected_objects"] = list(objects)
     for item in record["items"].values():
         item["objects"] = [k for k, o in objects.items() if o["item_id"] == item["item_id"]]
     return record

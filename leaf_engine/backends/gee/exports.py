@@ -89,13 +89,19 @@ class StartedExport:
                 "request_id": self.request_id, "task_id": self.task_id, "state": self.state}
 
 
-def ee_request_id(request_id: str, job_id: str, product: str) -> str:
-    """Deterministic Earth Engine ``requestId`` (a UUID: letters, digits and '-', 36 characters ≤ 60)."""
-    return str(uuid.uuid5(REQUEST_ID_NAMESPACE, f"{request_id}/{job_id}/{product}"))
+def ee_request_id(request_id: str, job_id: str, product: str, attempt: int = 1) -> str:
+    """Deterministic Earth Engine ``requestId`` (a UUID: letters, digits and '-', 36 characters ≤ 60).
+
+    One per attempt: a retry of a failed export needs a new id (Earth Engine refuses a used one), and a start
+    repeated after a crash reuses its attempt's id, so it starts nothing twice. Attempt 1 keeps the id of
+    runs started before attempts were counted."""
+    tail = "" if attempt == 1 else f"/attempt-{attempt}"
+    return str(uuid.uuid5(REQUEST_ID_NAMESPACE, f"{request_id}/{job_id}/{product}{tail}"))
 
 
-def export_specs(job: Any, file_dimensions: int) -> list[ExportSpec]:
-    """One spec per product file of ``job`` (a :class:`leaf_engine.request.Job`)."""
+def export_specs(job: Any, file_dimensions: int, attempts: dict[str, int] | None = None) -> list[ExportSpec]:
+    """One spec per product file of ``job`` (a :class:`leaf_engine.request.Job`); ``attempts`` (product →
+    attempt number, default 1) picks each export's requestId."""
     if not job.bucket:
         raise EarthEngineError(f"job {job.job_id} has no GCS bucket: Earth Engine exports need GCS_bucket")
     gb = job.geobox()
@@ -106,7 +112,9 @@ def export_specs(job: Any, file_dimensions: int) -> list[ExportSpec]:
         specs.append(ExportSpec(
             job_id=job.job_id, product=name.product, name=name, bucket=job.bucket, crs=job.crs,
             crs_transform=(t.a, t.b, t.c, t.d, t.e, t.f), width=gb.width, height=gb.height,
-            file_dimensions=file_dimensions, ee_request_id=ee_request_id(job.request_id, job.job_id, name.product),
+            file_dimensions=file_dimensions,
+            ee_request_id=ee_request_id(job.request_id, job.job_id, name.product,
+                                        (attempts or {}).get(name.product, 1)),
             dtype=p.dtype, nodata=p.nodata,
         ))
     return specs
