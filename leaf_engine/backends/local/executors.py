@@ -72,7 +72,7 @@ class DaskExecutor:
     def map_unordered(self, fn: Callable[..., T], shared: Any, keys: Iterable[K]) -> Iterator[tuple[K, T]]:
         from distributed import as_completed
 
-        shared_f = self.client.scatter(shared, broadcast=True, hash=False)
+        [shared_f] = self.client.scatter([shared], broadcast=True, hash=False)  # one future, even for a tuple
         it = iter(keys)
         futures = {}
         for key in it:

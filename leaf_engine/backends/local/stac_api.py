@@ -138,6 +138,9 @@ def search_items(source: str, request_sensor: str, region: shapely.Geometry, sta
                                limit=PAGE_SIZE, max_items=MAX_ITEMS + 1)
         items = list(search.items())
     except APIError as e:
+        if getattr(e, "status_code", None) is None:  # no HTTP answer at all, after the retries
+            raise SceneError(f"cannot search the STAC API {url!r}: no answer after {MAX_RETRIES} retries "
+                             f"({str(e)[:200]}). Check the URL (scenes or LEAF_STAC_API) and the network") from e
         raise SceneError(f"the STAC API {url!r} refused the search for collections {wanted} "
                          f"(HTTP {getattr(e, 'status_code', None)}): {str(e)[:300]}. Check the URL, the "
                          "collection ids (#collections=SENSOR:collection) and that the API supports item search")\
