@@ -98,3 +98,7 @@ def plan(
         f"{t['jobs']} job(s), {t['files']} file(s) in {t['objects']} object(s), {t['ee_tasks']} Earth Engine "
         f"task(s); {t['pixels']:,} pixels, about {_size(t['est_bytes'])} (uncompressed {_size(t['raw_bytes'])})"
     )
+    from ..backends.local.cost import local_core_hours  # here: the local engine's imports are heavy
+
+    console.print(f"local engine: about {local_core_hours(req.sensor, p.jobs):.3g} core-hours "
+                  "(reading COGs over HTTP; leaf_engine/backends/local/cost.py)")
