@@ -55,7 +55,7 @@ GDAL_HTTP_OPTIONS: dict[str, str | int] = {
     # adjacent tiles of one block come in one range request; HTTP/2 multiplexes the rest on one connection
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIPLEX": "YES",
-    "GDAL_HTTP_VERSION": "2",
+    "GDAL_HTTP_VERSION": "2TLS",  # HTTP/2 where TLS negotiates it; plain http stays 1.1 (no h2c upgrade)
     # a block re-reads the header and overlapping tiles of the same file (bands share the cache)
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 64 * 1024 * 1024,
