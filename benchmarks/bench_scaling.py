@@ -35,6 +35,10 @@ BLOCK = 512
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
