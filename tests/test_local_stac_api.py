@@ -16,6 +16,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
 import rasterio
@@ -26,8 +27,6 @@ from leaf_engine.backends.local.engine import produce
 from leaf_engine.backends.local.scenes import SceneError
 from leaf_engine.request import parse_request
 from tests.support.stac_api_server import public_shape_catalog, serve_files, serve_stac_api
-
-distributed = pytest.importorskip("distributed")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SOURCES = {"bouconne-2018": EXAMPLES / "data/bouconne-2018/catalog.json",
