@@ -59,10 +59,12 @@ def produce(
         "--backend", help="local (this machine, STAC scenes) or gee (Earth Engine exports). "
         "Default: local when out_location is local, else gee.")] = None,
     scenes: Annotated[str | None, typer.Option(
-        "--scenes", help="STAC ItemCollection/catalog of input scenes (overrides the request's 'scenes').")] = None,
+        "--scenes", help="STAC ItemCollection/catalog of input scenes, or a STAC API URL (overrides the "
+        "request's 'scenes').")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder for out_location 'local'.")] = DEFAULT_OUT,
     dask: Annotated[str | None, typer.Option(
-        "--dask", help="Run blocks on the dask.distributed scheduler at this address (tcp://host:8786).")] = None,
+        "--dask", help="Run blocks as tasks on the dask.distributed scheduler at this address (tcp://host:8786).")
+    ] = None,
     landcover: Annotated[str | None, typer.Option(
         "--landcover", help="NALCMS land-cover raster (classes 1-19) for SL2P-CCRS; overrides the request's "
         "'landcover'.")] = None,

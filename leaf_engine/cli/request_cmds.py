@@ -128,3 +128,7 @@ def plan(
     console.print(f"Earth Engine compute: about {cost['eecu_hours']:,.1f} EECU-hours "
                   f"({min(per_job.values()):,.2f}–{max(per_job.values()):,.2f} per job; model and sources: "
                   "leaf_engine.eecu)", markup=False, highlight=False)
+    from ..backends.local.cost import local_core_hours  # here: the local engine's imports are heavy
+
+    console.print(f"local engine: about {local_core_hours(req.sensor, p.jobs):.3g} core-hours "
+                  "(reading COGs over HTTP; leaf_engine/backends/local/cost.py)")

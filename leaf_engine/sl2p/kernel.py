@@ -1,20 +1,26 @@
 """Fast SL2P kernel (numba, both cores): every estimate, uncertainty, flag and DN in one pass over the inputs.
 
 How it stays fast and accurate:
-* Pixels are processed in small chunks that stay in L1 cache; inner loops run over pixels so they vectorise
-  (AVX2/AVX-512); five hidden neurons are accumulated together, four inputs per pass, so each accumulator
-  load/store carries four multiply-adds.
-* The input scaling is folded into the first layer: ``W1·(s·x + o) + b1 = (W1·s)·(x − c) + b1'`` with a
-  float64 centre ``c`` per input. ``x − c`` is formed in float64 and only then rounded to float32, which avoids
-  the cancellation of ``189·cosVZA − 188`` in float32 (it alone would cost ~1e-4 in LAI).
-* tanh is a rational approximation (the minimax 13/6 form used by Eigen and XLA, max error ≈ 3e-7 in float32),
-  which vectorises; libm's tanh does not and costs more than all the multiply-adds together.
+* Pixels are processed in chunks of ``CHUNK`` that stay in L1 cache, in one flat float32 buffer per chunk whose
+  rows (centred inputs, an accumulator, a NaN row) sit at constant offsets. The neuron loop is outside, the pixel
+  loop inside and unrolled over the inputs (8 or 12, zero-padded), so LLVM vectorises it across pixels
+  (AVX2/AVX-512) with no aliasing checks; two pixel vectors per iteration keep the FMA units busy.
+* The input scaling is folded into the first layer: ``W1·(s·x + o) + b1 = (W1·s)·(x − c) + b1'`` with a centre
+  ``c`` per input that is a float32 number, so ``x − c`` of a float32 input is exact (Sterbenz) and float64
+  inputs are centred in float64 then rounded once. This avoids the cancellation of ``189·cosVZA − 188`` in
+  float32 (it alone would cost ~1e-4 in LAI).
+* tanh is a rational x·P(x²)/Q(x²) of degree 9/6 fitted on [0, 7.9] whose error is bounded by
+  ``TANH_MAX_ERROR`` over every float32 input; :func:`error_bound` carries it (and float32 rounding) through
+  the layers. libm's tanh does not vectorise and costs more than all the multiply-adds together.
+* Non-finite inputs are tracked arithmetically (``d·0`` is 0 or NaN, summed into a NaN row): no branches.
 * The domain code is built in float64 (the rule of :mod:`.domain`, exactly) and looked up in a bitset of 10**n_bands
   bits (12.5 MB for 8 bands); larger code spaces fall back to binary search.
 * SL2P-CCRS: each chunk is split by network index (gather → compute → scatter), so mixed chunks cost only the
   networks present.
 
-Compilation takes tens of seconds; ``cache=True`` keeps it on disk next to this module for later processes.
+Compilation takes tens of seconds: ``python -m leaf_engine.sl2p.kernel --compile`` (run by ``scripts/test`` and
+``scripts/demo``) does it once and ``cache=True`` keeps it on disk (next to this module, or in
+``NUMBA_CACHE_DIR``) for every later process.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..errors import NetworkFileError
 from ..products import BIOPHYSICAL, product
@@ -32,13 +39,22 @@ from .domain import BOUNDARY_TOLERANCE, DIGIT_CAP
 from .networks import Domain, Network, NetworkSet
 
 CHUNK = 256
-"""Pixels per chunk: centred inputs (≤ 16 × 256 float32) and accumulators stay in L1."""
-MAX_INPUTS = 16
-"""Inputs the kernel takes (SL2P sets have 7 to 11)."""
+"""Pixels per chunk: the chunk buffer (14 rows × 256 float32) stays in L1."""
+MAX_INPUTS = 12
+"""Inputs the kernel takes (SL2P sets have 7 to 11); layers are unrolled for 8 or 12 inputs (zero-padded)."""
+ROW_ACC = 12
+"""Row of the chunk buffer that accumulates a head's output."""
+ROW_NAN = 13
+"""Row of the chunk buffer that is 0, or NaN where any input of the pixel is not finite."""
+BUF_ROWS = 14
+HALF = CHUNK // 2
 BITSET_MAX_BANDS = 8
 """Up to 8 bands the domain lookup is a 12.5 MB bitset; more bands use binary search over the codes."""
-TANH_CLAMP = 7.90531110763549805
-"""Beyond this |x| the float32 tanh is ±1 to rounding; the rational form is clamped there."""
+TANH_CLAMP = 7.9
+"""The rational tanh is fitted on [0, 7.9] and held at its value there beyond (1 − tanh(7.9) = 2.8e-7)."""
+TANH_MAX_ERROR = 6e-7
+"""Bound on |kernel tanh − tanh| over every float32 input, evaluation in float32 included (checked on every
+float32 in [0, 8] by ``benchmarks/tanh_bound.py``, on a dense sample by the tests); the function is odd."""
 
 # Only flags that do not reorder arithmetic: contraction to FMA and no signed zeros. 'reassoc' would undo the
 # float64 centring, 'nnan' NaN propagation, 'arcp' costs accuracy in tanh's division.
@@ -48,25 +64,23 @@ _FASTMATH = {"contract", "nsz"}
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _tanh(x: float) -> float:
-    # Minimax rational approximation on [-7.9, 7.9] (coefficients of Eigen's ptanh_float); odd numerator/even
-    # denominator in x², evaluated in float32.
-    # clamp with selects (they vectorise; min/max carry NaN logic); NaN pixels are handled by the caller
-    x = np.float32(TANH_CLAMP) if x > np.float32(TANH_CLAMP) else x
-    x = np.float32(-TANH_CLAMP) if x < np.float32(-TANH_CLAMP) else x
-    x2 = x * x
-    p = np.float32(-2.76076847742355e-16)
-    p = p * x2 + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    p = p * x
-    q = np.float32(1.19825839466702e-06)
-    q = q * x2 + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return p / q
+    # x·P(x²)/Q(x²) with P of degree 4 and Q of degree 3 (Q(0) = 1): a near-minimax fit of tanh on [0, 7.9]
+    # (Lawson-weighted least squares, benchmarks/tanh_bound.py). 11 multiply-adds and one division, all of
+    # which vectorise; libm's tanh does not.
+    # The clamp is a plain min/max (NaN in → a finite value out): non-finite inputs are made NaN by the caller.
+    x = x if x < np.float32(TANH_CLAMP) else np.float32(TANH_CLAMP)
+    x = x if x > np.float32(-TANH_CLAMP) else np.float32(-TANH_CLAMP)
+    u = x * x
+    p = np.float32(-6.140262465148538e-09)
+    p = p * u + np.float32(7.150817210378399e-06)
+    p = p * u + np.float32(0.0026935410908854734)
+    p = p * u + np.float32(0.12708724409930028)
+    p = p * u + np.float32(0.9999991574731248)
+    q = np.float32(0.00019645624464883333)
+    q = q * u + np.float32(0.02283603824439735)
+    q = q * u + np.float32(0.4604174845116973)
+    q = q * u + np.float32(1.0)
+    return (p * x) / q
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -78,71 +92,128 @@ def tanh32(x: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(inline="always", cache=True)
-def _w5(w1, h, k, j0, nj, i, use):
-    """Weights of input i for neurons j0..j0+4 (0 beyond the layer or when not ``use``)."""
-    z = np.float32(0.0)
-    return (w1[h, k, j0, i] if use and nj > 0 else z, w1[h, k, j0 + 1, i] if use and nj > 1 else z,
-            w1[h, k, j0 + 2, i] if use and nj > 2 else z, w1[h, k, j0 + 3, i] if use and nj > 3 else z,
-            w1[h, k, j0 + 4, i] if use and nj > 4 else z)
+def _centred(v, c32, c64):  # pragma: no cover - only its compiled overload below runs
+    return np.float32(v - c64)
+
+
+@overload(_centred, inline="always")
+def _centred_impl(v, c32, c64):  # type: ignore[no-untyped-def]
+    """Centre one input: float32 inputs in float32 (exact by Sterbenz's lemma within a factor 2 of the centre,
+    the case of the large-offset angle inputs), float64 inputs in float64 then rounded once."""
+    if isinstance(v, types.Float) and v.bitwidth == 32:
+        return lambda v, c32, c64: v - c32
+    return lambda v, c32, c64: np.float32(v - c64)
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _heads(d, m, k, w1, b1, w2, b2, y, acc, yacc):
-    """y[h, :m] = network k of every head on centred inputs d[:, :m] (float32)."""
-    n_heads, _, n_hid, n_in = w1.shape
+def _neuron8(buf, w, b, v2):
+    """``buf[ACC] += v2 · tanh(b + w · d)`` over every pixel of a chunk, 8 input rows, 2 FMA chains, two
+    pixel vectors per iteration (independent work to hide the latency of the tanh chain)."""
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
+    w4, w5, w6, w7 = w[4], w[5], w[6], w[7]
+    for p in range(HALF):
+        q = p + HALF
+        a0 = (b + w0 * buf[p] + w2 * buf[2 * CHUNK + p]
+              + w4 * buf[4 * CHUNK + p] + w6 * buf[6 * CHUNK + p])
+        a1 = (w1 * buf[1 * CHUNK + p] + w3 * buf[3 * CHUNK + p]
+              + w5 * buf[5 * CHUNK + p] + w7 * buf[7 * CHUNK + p])
+        a0_ = (b + w0 * buf[q] + w2 * buf[2 * CHUNK + q]
+              + w4 * buf[4 * CHUNK + q] + w6 * buf[6 * CHUNK + q])
+        a1_ = (w1 * buf[1 * CHUNK + q] + w3 * buf[3 * CHUNK + q]
+              + w5 * buf[5 * CHUNK + q] + w7 * buf[7 * CHUNK + q])
+        buf[ROW_ACC * CHUNK + p] += v2 * _tanh(a0 + a1)
+        buf[ROW_ACC * CHUNK + q] += v2 * _tanh(a0_ + a1_)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _neuron12(buf, w, b, v2):
+    """``buf[ACC] += v2 · tanh(b + w · d)`` over every pixel of a chunk, 12 input rows, 3 FMA chains, two
+    pixel vectors per iteration (independent work to hide the latency of the tanh chain)."""
+    w0, w1, w2, w3, w4, w5 = w[0], w[1], w[2], w[3], w[4], w[5]
+    w6, w7, w8, w9, w10, w11 = w[6], w[7], w[8], w[9], w[10], w[11]
+    for p in range(HALF):
+        q = p + HALF
+        a0 = (b + w0 * buf[p] + w3 * buf[3 * CHUNK + p]
+              + w6 * buf[6 * CHUNK + p] + w9 * buf[9 * CHUNK + p])
+        a1 = (w1 * buf[1 * CHUNK + p] + w4 * buf[4 * CHUNK + p]
+              + w7 * buf[7 * CHUNK + p] + w10 * buf[10 * CHUNK + p])
+        a2 = (w2 * buf[2 * CHUNK + p] + w5 * buf[5 * CHUNK + p]
+              + w8 * buf[8 * CHUNK + p] + w11 * buf[11 * CHUNK + p])
+        a0_ = (b + w0 * buf[q] + w3 * buf[3 * CHUNK + q]
+              + w6 * buf[6 * CHUNK + q] + w9 * buf[9 * CHUNK + q])
+        a1_ = (w1 * buf[1 * CHUNK + q] + w4 * buf[4 * CHUNK + q]
+              + w7 * buf[7 * CHUNK + q] + w10 * buf[10 * CHUNK + q])
+        a2_ = (w2 * buf[2 * CHUNK + q] + w5 * buf[5 * CHUNK + q]
+              + w8 * buf[8 * CHUNK + q] + w11 * buf[11 * CHUNK + q])
+        buf[ROW_ACC * CHUNK + p] += v2 * _tanh(a0 + a1 + a2)
+        buf[ROW_ACC * CHUNK + q] += v2 * _tanh(a0_ + a1_ + a2_)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _heads(buf, k, wide, w1, b1, w2, b2, y):
+    """y[h, :] = network k of every head on the centred inputs in ``buf`` (float32).
+
+    The pixel loop is innermost, runs over the whole chunk (a constant trip count; pixels past the valid ones
+    hold stale finite inputs and are never read back) and every buffer access sits at a constant offset from
+    one base (rows of ``CHUNK``), so LLVM vectorises it across pixels without runtime alias checks."""
+    n_heads = w1.shape[0]
+    n_hid = w1.shape[2]
     for h in range(n_heads):
-        for p in range(m):
-            yacc[p] = b2[h, k]
-        # five neurons at a time (SL2P's hidden layer) and four inputs per pass: few accumulator loads/stores
-        # per multiply-add; acc is (5, CHUNK)
-        for j0 in range(0, n_hid, 5):
-            nj = min(5, n_hid - j0)
-            for jj in range(5):
-                bj = b1[h, k, j0 + jj] if jj < nj else np.float32(0.0)
-                for p in range(m):
-                    acc[jj, p] = bj
-            for i in range(0, n_in, 4):
-                # four inputs × five neurons per pass (indices past the end repeat the last input, weight 0)
-                ia, ib, ic, id_ = i, min(i + 1, n_in - 1), min(i + 2, n_in - 1), min(i + 3, n_in - 1)
-                wa0, wa1, wa2, wa3, wa4 = _w5(w1, h, k, j0, nj, ia, True)
-                wb0, wb1, wb2, wb3, wb4 = _w5(w1, h, k, j0, nj, ib, i + 1 < n_in)
-                wc0, wc1, wc2, wc3, wc4 = _w5(w1, h, k, j0, nj, ic, i + 2 < n_in)
-                wd0, wd1, wd2, wd3, wd4 = _w5(w1, h, k, j0, nj, id_, i + 3 < n_in)
-                for p in range(m):
-                    xa = d[ia, p]
-                    xb = d[ib, p]
-                    xc = d[ic, p]
-                    xd = d[id_, p]
-                    acc[0, p] += wa0 * xa + wb0 * xb + wc0 * xc + wd0 * xd
-                    acc[1, p] += wa1 * xa + wb1 * xb + wc1 * xc + wd1 * xd
-                    acc[2, p] += wa2 * xa + wb2 * xb + wc2 * xc + wd2 * xd
-                    acc[3, p] += wa3 * xa + wb3 * xb + wc3 * xc + wd3 * xd
-                    acc[4, p] += wa4 * xa + wb4 * xb + wc4 * xc + wd4 * xd
-            for jj in range(nj):
-                w2j = w2[h, k, j0 + jj]
-                for p in range(m):
-                    yacc[p] += w2j * _tanh(acc[jj, p])
-        for p in range(m):
-            y[h, p] = yacc[p]
+        bias = b2[h, k]
+        for p in range(CHUNK):
+            buf[ROW_ACC * CHUNK + p] = bias
+        for j in range(n_hid):
+            if wide:
+                _neuron12(buf, w1[h, k, j], b1[h, k, j], w2[h, k, j])
+            else:
+                _neuron8(buf, w1[h, k, j], b1[h, k, j], w2[h, k, j])
+        for p in range(CHUNK):
+            y[h, p] = buf[ROW_ACC * CHUNK + p] + buf[ROW_NAN * CHUNK + p]  # NaN where an input is not finite
 
 
 @njit(inline="always", cache=True)
-def _in_domain(code, bitset, codes):
+def _in_domain(codef, bitset, codes):
+    if not codef >= 0.0:  # also NaN: a band was not finite
+        return False
     if bitset.shape[0] > 0:
-        if code < 0 or code >= bitset.shape[0] * 64:
+        if codef >= bitset.shape[0] * 64.0:
             return False
+        code = np.int64(codef)
         return (bitset[code >> 6] >> np.uint64(code & 63)) & np.uint64(1) == np.uint64(1)
+    code = np.int64(codef)
     i = np.searchsorted(codes, code)
     return i < codes.shape[0] and codes[i] == code
 
 
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _load_input(xi, s, m, c32, c64, buf, row):
+    """Centre one input into ``buf`` row ``row`` and fold its finiteness into the NaN row (d·0 is 0 or NaN)."""
+    for p in range(m):
+        d = _centred(xi[s + p], c32, c64)
+        buf[row * CHUNK + p] = d
+        buf[ROW_NAN * CHUNK + p] += d * np.float32(0.0)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _add_digits(xb, s, m, mult, codef):
+    """Add one band's domain digit times ``mult`` to ``codef`` (the rule of domain.py, in float64); a band that is
+    not finite makes the code NaN (v·0)."""
+    for p in range(m):
+        v = np.float64(xb[s + p])
+        t = v * 10.0
+        t = DIGIT_CAP if t > DIGIT_CAP else t
+        c = np.ceil(t - BOUNDARY_TOLERANCE)
+        dig = c - 10.0 * np.floor(c * 0.1)
+        codef[p] += (dig if c > 0.0 else 0.0) * mult + v * 0.0
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _run(xs, n_in, net_index, centre, w1, b1, w2, b2, dom_mult, bitset, codes,
+def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bitset, codes,
          vals, dn, dn_scale, dn_max, dn_nodata, oor, range_lo, range_hi, ood, n_threads):
     npix = xs[0].shape[0]
     n_heads = w1.shape[0]
     n_nets = w1.shape[1]
+    wide = n_in > 8
     want_vals = vals.shape[0] > 0
     want_dn = dn.shape[0] > 0
     n_oor = oor.shape[0]
@@ -151,66 +222,45 @@ def _run(xs, n_in, net_index, centre, w1, b1, w2, b2, dom_mult, bitset, codes,
     n_chunks = (npix + CHUNK - 1) // CHUNK
     n_blocks = min(n_chunks, n_threads * 8)  # several blocks per thread balance the load
     for blk in prange(n_blocks):
-        d = np.empty((n_in, CHUNK), np.float32)
-        dg = np.empty((n_in, CHUNK), np.float32)
+        buf = np.zeros(BUF_ROWS * CHUNK, np.float32)  # rows past n_in stay 0 (their weights are 0 too)
+        bufg = np.zeros(BUF_ROWS * CHUNK, np.float32)
         y = np.empty((n_heads, CHUNK), np.float32)
         yg = np.empty((n_heads, CHUNK), np.float32)
-        acc = np.empty((5, CHUNK), np.float32)
-        yacc = np.empty(CHUNK, np.float32)
-        bad = np.empty(CHUNK, np.bool_)
         codef = np.empty(CHUNK, np.float64)
-        bad_band = np.empty(CHUNK, np.bool_)
         idx = np.empty(CHUNK, np.int64)
         counts = np.zeros(n_nets, np.int64)
         for c in range(blk * n_chunks // n_blocks, (blk + 1) * n_chunks // n_blocks):
             s = c * CHUNK
             m = min(CHUNK, npix - s)
             for p in range(m):
-                bad[p] = False
-                bad_band[p] = False
-                codef[p] = 0.0
+                buf[ROW_NAN * CHUNK + p] = 0.0
             for i in range(n_in):
-                xi = xs[i]
-                ci = centre[i]
-                mult = dom_mult[i]
-                if want_dom and mult > 0.0:  # a domain band: its digit is added while the input is at hand
-                    _load_band(xi, s, m, ci, mult, d[i], bad, bad_band, codef)
-                else:
-                    for p in range(m):
-                        v = np.float64(xi[s + p])
-                        d[i, p] = np.float32(v - ci)
-                        bad[p] |= not np.isfinite(v)
+                _load_input(xs[i], s, m, centre32[i], centre64[i], buf, i)
             # networks: one pass when the chunk uses one network, else gather/compute/scatter per network
             if not per_pixel_net:
-                _heads(d, m, 0, w1, b1, w2, b2, y, acc, yacc)
+                _heads(buf, 0, wide, w1, b1, w2, b2, y)
             else:
                 counts[:] = 0
                 for p in range(m):
                     counts[net_index[s + p]] += 1
                 for k in range(n_nets):
                     if counts[k] == m:
-                        _heads(d, m, k, w1, b1, w2, b2, y, acc, yacc)
+                        _heads(buf, k, wide, w1, b1, w2, b2, y)
                     elif counts[k] > 0:
                         g = 0
                         for p in range(m):
                             if net_index[s + p] == k:
                                 idx[g] = p
                                 g += 1
-                        for i in range(n_in):
+                        for r in range(n_in):
                             for q in range(g):
-                                dg[i, q] = d[i, idx[q]]
-                        _heads(dg, g, k, w1, b1, w2, b2, yg, acc, yacc)
+                                bufg[r * CHUNK + q] = buf[r * CHUNK + idx[q]]
+                        for q in range(g):
+                            bufg[ROW_NAN * CHUNK + q] = buf[ROW_NAN * CHUNK + idx[q]]
+                        _heads(bufg, k, wide, w1, b1, w2, b2, yg)
                         for h in range(n_heads):
                             for q in range(g):
                                 y[h, idx[q]] = yg[h, q]
-            any_bad = False
-            for p in range(m):
-                any_bad |= bad[p]
-            if any_bad:
-                for h in range(n_heads):
-                    for p in range(m):
-                        if bad[p]:
-                            y[h, p] = np.nan
             if want_vals:
                 for h in range(n_heads):
                     for p in range(m):
@@ -232,24 +282,13 @@ def _run(xs, n_in, net_index, centre, w1, b1, w2, b2, dom_mult, bitset, codes,
                     oor[h, s + p] = (v < lo) | (v > hi)
             if want_dom:
                 for p in range(m):
-                    ood[s + p] = bad_band[p] or not _in_domain(np.int64(codef[p]), bitset, codes)
-
-
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _load_band(xb, s, m, ci, mult, di, bad, bad_band, codef):
-    """Centre one reflectance input into ``di`` and add its domain digit times ``mult`` to ``codef``
-    (the rule of domain.py, in float64)."""
-    for p in range(m):
-        v = np.float64(xb[s + p])
-        di[p] = np.float32(v - ci)
-        t = v * 10.0
-        t = DIGIT_CAP if t > DIGIT_CAP else t
-        c = np.ceil(t - BOUNDARY_TOLERANCE)
-        dig = c - 10.0 * np.floor(c * 0.1)
-        codef[p] += (dig if c > 0.0 else 0.0) * mult
-        fin = np.isfinite(v)
-        bad[p] |= not fin
-        bad_band[p] |= not fin
+                    codef[p] = 0.0
+                for i in range(n_in):
+                    mult = dom_mult[i]
+                    if mult > 0.0:
+                        _add_digits(xs[i], s, m, mult, codef)
+                for p in range(m):
+                    ood[s + p] = not _in_domain(codef[p], bitset, codes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,6 +298,8 @@ class PackedHeads:
     heads: tuple[tuple[str, bool], ...]
     """(variable, is_uncertainty) per head: estimates first, then uncertainties."""
     centre: np.ndarray
+    """float32 per input (kept also as float64: the same numbers)."""
+    centre64: np.ndarray
     w1: np.ndarray
     b1: np.ndarray
     w2: np.ndarray
@@ -289,17 +330,24 @@ def _pack_cached(nets: NetworkSet, variables: tuple[str, ...], uncertainty: bool
     n_nets = max(len(lst) for lst in lists)  # type: ignore[arg-type]
     n_hid = max(n.n_hidden for lst in lists for n in lst)  # type: ignore[union-attr]
     first = lists[0][0]  # type: ignore[index]
-    centre = -first.input_offset / first.input_slope  # input value that maps to 0 in the first network
+    # the input value that maps to 0 in the first network, rounded to float32 so float32 inputs centre exactly
+    centre = (-first.input_offset / first.input_slope).astype(np.float32).astype(np.float64)
     n_in = len(nets.inputs)
-    w1 = np.zeros((len(heads), n_nets, n_hid, n_in))
+    if n_in > MAX_INPUTS:
+        raise NetworkFileError(f"the fast kernel takes at most {MAX_INPUTS} inputs, set {nets.set_id!r} has "
+                               f"{n_in}: use precision='float64'")
+    width = 8 if n_in <= 8 else 12  # the unrolled layer widths (rows past n_in have weight 0)
+    w1 = np.zeros((len(heads), n_nets, n_hid, width))
     b1 = np.zeros((len(heads), n_nets, n_hid))
     w2 = np.zeros((len(heads), n_nets, n_hid))
     b2 = np.zeros((len(heads), n_nets))
     for h, lst in enumerate(lists):
         for k in range(n_nets):
-            w1[h, k], b1[h, k], w2[h, k], b2[h, k] = _fold(lst[min(k, len(lst) - 1)], centre, n_hid)  # type: ignore
+            w1[h, k, :, :n_in], b1[h, k], w2[h, k], b2[h, k] = _fold(lst[min(k, len(lst) - 1)], centre,  # type: ignore
+                                                                      n_hid)
     f32 = np.float32
-    return PackedHeads(tuple(heads), centre, w1.astype(f32), b1.astype(f32), w2.astype(f32), b2.astype(f32))
+    return PackedHeads(tuple(heads), centre.astype(f32), centre, w1.astype(f32), b1.astype(f32), w2.astype(f32),
+                       b2.astype(f32))
 
 
 @functools.lru_cache(maxsize=8)
@@ -339,9 +387,6 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     # two compiled variants only: all-float32 inputs, or everything as float64
     dtype = np.dtype(np.float32) if all(np.asarray(x).dtype == np.float32 for x in inputs) else np.dtype(np.float64)
     flat = [np.ascontiguousarray(x, dtype=dtype).reshape(-1) for x in inputs]
-    if len(flat) > MAX_INPUTS:
-        raise NetworkFileError(f"the fast kernel takes at most {MAX_INPUTS} inputs, set {nets.set_id!r} has "
-                               f"{len(flat)}: use precision='float64'")
     # a fixed-length tuple (padded with an empty array) compiles once for every set and indexes cheaply;
     # a typed List costs a C call per access
     xs = tuple(flat) + (np.zeros(0, dtype),) * (MAX_INPUTS - len(flat))
@@ -368,8 +413,86 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     # blocks are handed out one at a time (dynamic scheduling): a thread slowed by other work on a shared
     # machine does not hold the others up
     with numba.parallel_chunksize(1):
-        _run(xs, len(flat), nidx, packed.centre, packed.w1, packed.b1, packed.w2, packed.b2, dom_mult, bitset,
-             codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
+        _run(xs, len(flat), nidx, packed.centre, packed.centre64, packed.w1, packed.b1, packed.w2, packed.b2,
+             dom_mult, bitset, codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
              oor, lo, hi, ood, numba.get_num_threads())  # read here: using it in the kernel defeats caching
     return KernelResult(packed.heads, vals if values else None, dns if dn else None,
                         oor if len(lo) else None, ood if dom is not None else None)
+
+
+_U32 = 2.0**-24
+"""Unit roundoff of float32."""
+
+
+def _gamma(k: int) -> float:
+    return k * _U32 / (1 - k * _U32)
+
+
+@dataclass(frozen=True)
+class ErrorBound:
+    """A-priori bound on |float32 kernel − exact network| for one head, over a box of inputs."""
+
+    tanh: float
+    """From the tanh approximation: Σ|w2|·TANH_MAX_ERROR (tanh is 1-Lipschitz and enters the output linearly)."""
+    rounding: float
+    """From float32 rounding (worst case: every rounding error of every layer in the same direction)."""
+
+    @property
+    def total(self) -> float:
+        return self.tanh + self.rounding
+
+
+def error_bound(nets: NetworkSet, variable: str, uncertainty: bool = False,
+                box: dict[str, tuple[float, float]] | None = None) -> ErrorBound:
+    """Bound on the float32 kernel's error for ``variable``'s network(s), for inputs in ``box``
+    (default: reflectances in [0, 1], cosVZA/cosSZA in [0, 1], cosRAA in [−1, 1]).
+
+    Per hidden neuron j the pre-activation a_j = b1_j + Σ_i w1_ji·d_i (d = input − centre) is accumulated in
+    float32 from rounded weights and centred inputs: |Δa_j| ≤ γ(n+3)·(|b1_j| + Σ_i |w1_ji|·max|d_i|). The
+    output y = b2 + Σ_j w2_j·t_j with t_j = tanh~(a_j + Δa_j): |Δy| ≤ Σ_j |w2_j|·(|Δa_j| + TANH_MAX_ERROR) +
+    γ(n_hid+2)·(|b2| + Σ_j |w2_j|) (|t_j| ≤ 1). Everything is in output units (scaling folded).
+    """
+    box = box or {}
+    lo = np.array([box.get(n, (-1.0 if n == "cosRAA" else 0.0, 1.0))[0] for n in nets.inputs])
+    hi = np.array([box.get(n, (-1.0 if n == "cosRAA" else 0.0, 1.0))[1] for n in nets.inputs])
+    packed = pack(nets, (variable,), uncertainty)
+    h = len(packed.heads) - 1  # the uncertainty head comes after the estimate head
+    c = packed.centre64
+    dmax = np.maximum(np.abs(lo - c), np.abs(hi - c))
+    n_in = len(c)
+    worst_t = worst_r = 0.0
+    for k in range(packed.w1.shape[1]):
+        w1 = np.abs(packed.w1[h, k, :, :n_in].astype(np.float64))
+        b1 = np.abs(packed.b1[h, k].astype(np.float64))
+        w2 = np.abs(packed.w2[h, k].astype(np.float64))
+        da = _gamma(n_in + 3) * (b1 + w1 @ dmax)
+        worst_t = max(worst_t, float(w2.sum()) * TANH_MAX_ERROR)
+        worst_r = max(worst_r, float((w2 * da).sum()) + _gamma(w1.shape[0] + 2) * (abs(float(packed.b2[h, k]))
+                                                                                    + float(w2.sum())))
+    return ErrorBound(worst_t, worst_r)
+
+
+def warm_up() -> float:
+    """Compile the kernel (or load it from numba's on-disk cache) for float32 and float64 inputs; seconds."""
+    import time
+
+    from .networks import load_network_set
+
+    t0 = time.perf_counter()
+    for set_id in ("leaf_sl2p_s2_20m", "leaf_sl2pccrs_l8"):  # the 12- and 8-input layouts, plain and CCRS
+        nets = load_network_set(set_id)
+        for dtype in (np.float32, np.float64):
+            x = [np.full(64, 0.5, dtype) for _ in nets.inputs]
+            idx = np.zeros(64, np.int8) if nets.is_ccrs else None
+            run(nets, x, ("LAI",), network_index=idx, dn=True, uncertainty=True,
+                ranges={"LAI": product("LAI").valid_range})  # type: ignore[dict-item]
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":  # python -m leaf_engine.sl2p.kernel --compile
+    import sys
+
+    if sys.argv[1:] != ["--compile"]:
+        sys.exit("usage: python -m leaf_engine.sl2p.kernel --compile")
+    print("compiling the SL2P kernel once (numba; cached on disk for every later run) ...", flush=True)
+    print(f"SL2P kernel ready ({warm_up():.1f} s)")

@@ -20,6 +20,7 @@ from ... import products
 from ...errors import LeafError
 from ...sensors import members
 from ...sl2p import load_network_set
+from . import stac_api
 from .executors import BlockExecutor, make_executor
 from .masks import describe_masks
 from .pipeline import JobSpec, process_block
@@ -106,7 +107,9 @@ def job_spec(req: ProductionRequest, job: Job, scenes: list[Scene], gbox: GeoBox
 def _run_block(shared: tuple[JobSpec, GeoBox], key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
     spec, gbox = shared
     r, c, h, w = key
-    return process_block(spec, gbox[r:r + h, c:c + w])
+    # set here, not only around produce(): a Dask worker process has its own GDAL configuration
+    with rasterio.Env(**stac_api.gdal_env({"GDAL_CACHEMAX": GDAL_CACHE_BYTES})):
+        return process_block(spec, gbox[r:r + h, c:c + w])
 
 
 @contextmanager
@@ -162,8 +165,9 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     t0 = time.perf_counter()
     gbox = job.geobox()
     inputs = {s.id: load_network_set(req.network_set(s.id)).inputs for s in members(req.sensor)}
-    scenes = discover(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
-                      inputs=inputs) if scenes_source else []
+    find = stac_api.discover if stac_api.is_stac_api(scenes_source) else discover
+    scenes = find(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
+                  inputs=inputs) if scenes_source else []
     summary = JobSummary(job.job_id, [s.id for s in scenes], gbox.width, gbox.height)
     spec = job_spec(req, job, scenes, gbox, landcover)
     names = {n.product: n for n in job.output_names()}
@@ -210,23 +214,25 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
 
 
 def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink | None = None,
-            scenes: str | None = None, dask_address: str | None = None, progress: bool = True,
+            scenes: str | None = None, dask_address: str | Any | None = None, progress: bool = True,
             landcover: str | None = None, block_size: int = DEFAULT_BLOCK, workers: int = 2,
             quicklooks: bool | None = None) -> ProduceResult:
     """Run every job of ``req`` locally and write its outputs (COGs + quicklooks) into the sink.
 
-    ``scenes`` overrides the request's ``scenes`` (a STAC ItemCollection/catalog path or URL). The sink is the
-    request's (``open_sink(req, out_dir)``) unless given. Blocks run on ``workers`` threads, or on the Dask
-    cluster at ``dask_address``. Jobs whose outputs all exist are skipped when ``rerun`` is ``skip_existing``.
+    ``scenes`` overrides the request's ``scenes`` (a STAC ItemCollection/catalog path or URL, or a STAC API URL;
+    without either, the deployment's ``LEAF_STAC_API``). The sink is the request's (``open_sink(req, out_dir)``)
+    unless given. Blocks run on ``workers`` threads, or as tasks on the Dask cluster ``dask_address`` (a scheduler
+    address, a ``distributed.Client`` or a cluster object such as ``LocalCluster``).
+    Jobs whose outputs all exist are skipped when ``rerun`` is ``skip_existing``.
     ``quicklooks`` None: the ``LEAF_QUICKLOOKS`` environment variable (default on).
     """
     from ...sinks import open_sink
 
-    source = scenes or req.scenes
+    source = scenes or req.scenes or stac_api.default_source()
     landcover = landcover or req.landcover  # the argument wins over the request key
     if source is None:
-        raise ProduceError("the local backend reads scenes from a STAC catalogue: add \"scenes\": \"PATH\" to the "
-                           "request or pass --scenes PATH")
+        raise ProduceError("the local backend reads scenes from a STAC catalogue or API: add \"scenes\": \"PATH or "
+                           "URL\" to the request, pass --scenes, or set LEAF_STAC_API")
     sink = sink or open_sink(req, out_dir)
     quicklooks = quicklooks_enabled(quicklooks)
     result = ProduceResult(req.request_id, [], [])

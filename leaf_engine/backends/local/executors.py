@@ -50,39 +50,55 @@ class ThreadExecutor:
 
 
 class DaskExecutor:
-    """A dask.distributed cluster at ``address`` (``tcp://host:8786``); the job spec is scattered once."""
+    """Blocks as tasks on a dask.distributed cluster: ``target`` is a scheduler address (``tcp://host:8786``), a
+    ``distributed.Client`` or a cluster object (``LocalCluster``, dask-kubernetes, dask-gateway, Coiled). The job
+    spec is scattered once to every worker.
 
-    def __init__(self, address: str, in_flight: int | None = None):
+    A task lost with its worker is recomputed by the scheduler on another worker; a task that fails is retried
+    ``retries`` times. Results come back to this process, which alone writes the outputs, so a lost worker
+    costs only its blocks and never touches a file."""
+
+    def __init__(self, target: Any, in_flight: int | None = None, retries: int = 2):
         from distributed import Client
 
-        self.client = Client(address)
+        if isinstance(target, Client):
+            self.client, self._own = target, False
+        else:
+            self.client, self._own = Client(target), True  # an address or a cluster object
+        self.retries = retries
         n_threads = sum(self.client.nthreads().values()) or DEFAULT_WORKERS
         self.in_flight = in_flight or 2 * n_threads
 
     def map_unordered(self, fn: Callable[..., T], shared: Any, keys: Iterable[K]) -> Iterator[tuple[K, T]]:
         from distributed import as_completed
 
-        shared_f = self.client.scatter(shared, broadcast=True)
+        [shared_f] = self.client.scatter([shared], broadcast=True, hash=False)  # one future, even for a tuple
         it = iter(keys)
         futures = {}
         for key in it:
-            futures[self.client.submit(fn, shared_f, key, pure=False)] = key
+            futures[self.client.submit(fn, shared_f, key, pure=False, retries=self.retries)] = key
             if len(futures) >= self.in_flight:
                 break
         ac = as_completed(list(futures))
-        for fut in ac:
-            key = futures.pop(fut)
-            yield key, fut.result()
-            fut.release()
-            nxt = next(it, None)
-            if nxt is not None:
-                new = self.client.submit(fn, shared_f, nxt, pure=False)
-                futures[new] = nxt
-                ac.add(new)
+        try:
+            for fut in ac:
+                key = futures.pop(fut)
+                yield key, fut.result()
+                fut.release()
+                nxt = next(it, None)
+                if nxt is not None:
+                    new = self.client.submit(fn, shared_f, nxt, pure=False, retries=self.retries)
+                    futures[new] = nxt
+                    ac.add(new)
+        finally:
+            self.client.cancel(list(futures))
+            shared_f.release()
 
     def close(self) -> None:
-        self.client.close()
+        if self._own:
+            self.client.close()
 
 
-def make_executor(dask_address: str | None = None, workers: int = DEFAULT_WORKERS) -> BlockExecutor:
-    return DaskExecutor(dask_address) if dask_address else ThreadExecutor(workers)
+def make_executor(dask: Any = None, workers: int = DEFAULT_WORKERS) -> BlockExecutor:
+    """Threads on this machine, or the Dask cluster ``dask`` (address, Client or cluster object)."""
+    return DaskExecutor(dask) if dask is not None and dask != "" else ThreadExecutor(workers)

@@ -1,0 +1,162 @@
+"""Scenes from a STAC API (Earth Search, Planetary Computer, Copernicus Data Space, any STAC API with item search).
+
+A request names the API instead of a catalogue file: ``"scenes": "https://earth-search.aws.element84.com/v1"``
+(any ``http(s)`` URL that does not end in ``.json``), or the deployment sets ``LEAF_STAC_API`` for requests
+without ``scenes``. The collection searched for each sensor is the public catalogues' common id
+(:data:`DEFAULT_COLLECTIONS`), overridden per sensor by the URL fragment ``#collections=S2_SR:my-s2,L8_SR:my-l8``
+or by ``LEAF_STAC_COLLECTIONS`` in the same ``SENSOR:collection`` form.
+
+The search asks the API for the job's collections, geometry and window (pystac-client follows the ``next``
+links page by page, ``PAGE_SIZE`` items each, and retries transient HTTP failures); cloud cover, sensor and the
+exact footprint are then checked on every returned item by :func:`scenes.select_scenes`, so an API without the
+query/filter extensions gives the same scenes. Items are parsed by :mod:`.scenes` (asset keys of Earth Search
+``red``/``nir08``/``scl`` and of Planetary Computer ``B04``/``SR_B4``/``SCL`` alike, offsets, masks, angles).
+
+Assets are read as Cloud-Optimised GeoTIFFs over HTTP with :data:`GDAL_HTTP_OPTIONS`: only the byte ranges of
+the tiles a block needs are fetched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
+from typing import Any
+from urllib.parse import urlsplit
+
+import pystac
+import shapely
+from shapely.geometry import mapping
+
+from ...composite import MAX_SCENE_CLOUD_COVER
+from ...sensors import SENSORS, members
+from .scenes import Scene, SceneError, select_scenes
+
+DEFAULT_COLLECTIONS: dict[str, str] = {s.id: s.stac_collections[0] for s in SENSORS.values() if s.stac_collections}
+"""Each sensor's first catalogue collection id (a sensor fact): the ids Earth Search and Planetary Computer both
+use for Sentinel-2 L2A and Landsat C2 L2."""
+
+PAGE_SIZE = 100
+"""Items per page asked of the API (``limit``); pystac-client follows the pages."""
+MAX_RETRIES = 5
+"""HTTP retries (with backoff) of each API request on connection errors and 429/5xx answers."""
+MAX_ITEMS = 10_000
+"""A search returning more items than this is refused: the job's region or window is far larger than meant."""
+
+GDAL_HTTP_OPTIONS: dict[str, str | int] = {
+    # opening a COG must not list the remote "directory" or probe for side-car files
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF",
+    # adjacent tiles of one block come in one range request; HTTP/2 multiplexes the rest on one connection
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_VERSION": "2TLS",  # HTTP/2 where TLS negotiates it; plain http stays 1.1 (no h2c upgrade)
+    # a block re-reads the header and overlapping tiles of the same file (bands share the cache)
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": 64 * 1024 * 1024,
+    "CPL_VSIL_CURL_CACHE_SIZE": 128 * 1024 * 1024,
+    # transient HTTP failures (429, 5xx, resets) are retried by GDAL itself
+    "GDAL_HTTP_MAX_RETRY": 5,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+    "GDAL_HTTP_TIMEOUT": 60,
+}
+"""GDAL settings for reading COGs over HTTP (range requests); applied around every block read."""
+
+
+def is_stac_api(source: str | None) -> bool:
+    """A ``scenes`` value names a STAC API when it is an http(s) URL that is not a ``.json`` document."""
+    if not source:
+        return False
+    parts = urlsplit(source)
+    return parts.scheme in ("http", "https") and not parts.path.lower().endswith(".json")
+
+
+def default_source() -> str | None:
+    """The deployment's STAC API (``LEAF_STAC_API``) for requests that name no ``scenes``."""
+    return os.environ.get("LEAF_STAC_API") or None
+
+
+def _parse_collections(text: str, where: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        sensor, sep, coll = part.partition(":")
+        if not sep or sensor.strip() not in SENSORS or not coll.strip():
+            raise SceneError(f"{where}: {part!r} must be SENSOR:collection with SENSOR one of "
+                             f"{', '.join(SENSORS)} (e.g. S2_SR:sentinel-2-l2a)")
+        out[sensor.strip()] = coll.strip()
+    return out
+
+
+def api_and_collections(source: str) -> tuple[str, dict[str, str]]:
+    """The API URL (fragment removed) and the collection id per sensor."""
+    url, _, fragment = source.partition("#")
+    collections = dict(DEFAULT_COLLECTIONS)
+    env = os.environ.get("LEAF_STAC_COLLECTIONS")
+    if env:
+        collections.update(_parse_collections(env, "LEAF_STAC_COLLECTIONS"))
+    if fragment:
+        key, _, value = fragment.partition("=")
+        if key != "collections":
+            raise SceneError(f"scenes {source!r}: the URL fragment must be #collections=SENSOR:collection,...")
+        collections.update(_parse_collections(value, f"scenes {source!r}"))
+    return url, collections
+
+
+def _modifier(url: str) -> Callable[[Any], None] | None:
+    """Planetary Computer hands out blob URLs that must be signed (the ``planetary-computer`` package does it);
+    other APIs' assets are public."""
+    if "planetarycomputer" not in urlsplit(url).netloc:
+        return None
+    try:
+        import planetary_computer  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - optional
+        return None
+    return planetary_computer.sign_inplace  # type: ignore[no-any-return]
+
+
+def search_items(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date
+                 ) -> list[pystac.Item]:
+    """Items of the sensor's collections that intersect ``region`` (lon/lat) within [start, end]."""
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+
+    url, collections = api_and_collections(source)
+    wanted = sorted({collections[s.id] for s in members(request_sensor) if s.id in collections})
+    if not wanted:
+        raise SceneError(f"no STAC collection is known for sensor {request_sensor!r}: add "
+                         f"#collections={members(request_sensor)[0].id}:COLLECTION to the scenes URL")
+    try:
+        client = Client.open(url, stac_io=StacApiIO(max_retries=MAX_RETRIES, timeout=60), modifier=_modifier(url))
+        search = client.search(collections=wanted, intersects=mapping(region),
+                               datetime=f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59Z",
+                               limit=PAGE_SIZE, max_items=MAX_ITEMS + 1)
+        items = list(search.items())
+    except APIError as e:
+        if getattr(e, "status_code", None) is None:  # no HTTP answer at all, after the retries
+            raise SceneError(f"cannot search the STAC API {url!r}: no answer after {MAX_RETRIES} retries "
+                             f"({str(e)[:200]}). Check the URL (scenes or LEAF_STAC_API) and the network") from e
+        raise SceneError(f"the STAC API {url!r} refused the search for collections {wanted} "
+                         f"(HTTP {getattr(e, 'status_code', None)}): {str(e)[:300]}. Check the URL, the "
+                         "collection ids (#collections=SENSOR:collection) and that the API supports item search")\
+            from e
+    except Exception as e:  # connection errors after the retries, non-STAC answers
+        raise SceneError(f"cannot search the STAC API {url!r}: {type(e).__name__}: {str(e)[:300]}. Give the URL of "
+                         "a STAC API landing page (scenes or LEAF_STAC_API)") from e
+    if len(items) > MAX_ITEMS:
+        raise SceneError(f"the STAC API {url!r} returned more than {MAX_ITEMS} items for one job: split the "
+                         "region or the period")
+    return items
+
+
+def discover(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date,
+             max_cloud_cover: float = MAX_SCENE_CLOUD_COVER,
+             inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
+    """Scenes of one job from a STAC API; the same selection rules as a catalogue file."""
+    items = search_items(source, request_sensor, region, start, end)
+    return select_scenes(items, request_sensor, region, start, end, max_cloud_cover, inputs)
+
+
+def gdal_env(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """GDAL settings of a block read: the HTTP ones plus ``extra``."""
+    return {**GDAL_HTTP_OPTIONS, **(extra or {})}

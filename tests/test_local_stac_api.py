@@ -1,0 +1,149 @@
+"""The local engine over a real STAC API and a real Dask cluster of worker processes.
+
+Servers on loopback: the example COGs over HTTP with range requests, and stac-fastapi (static backend) loaded
+with the Bouconne (Sentinel-2) and Canberra (Landsat-5) items in the shapes Earth Search and Planetary Computer
+publish. The outputs through the API on a ``distributed.LocalCluster`` of two worker processes must equal the
+threaded run from the catalogue files, pixel for pixel, also when a worker is killed mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import distributed
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from leaf_engine.backends.local import stac_api
+from leaf_engine.backends.local.engine import produce
+from leaf_engine.backends.local.scenes import SceneError
+from leaf_engine.request import parse_request
+from tests.support.stac_api_server import public_shape_catalog, serve_files, serve_stac_api
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SOURCES = {"bouconne-2018": EXAMPLES / "data/bouconne-2018/catalog.json",
+           "canberra-1992-l5": EXAMPLES / "data/canberra-1992-l5/catalog.json"}
+PROBE = "canberra-1992-l5/LS5_TM_NBAR_090_084_19920323/red.tif"
+
+
+@pytest.fixture(scope="module")
+def apis(tmp_path_factory):
+    """{'earth-search': url, 'planetary-computer': url} of two STAC APIs over the same HTTP-served COGs."""
+    tmp = tmp_path_factory.mktemp("stac-apis")
+    with serve_files(EXAMPLES / "data", PROBE) as files:
+        urls = {}
+        with serve_stac_api(public_shape_catalog(tmp / "es", SOURCES, "earth-search", files)) as es, \
+                serve_stac_api(public_shape_catalog(tmp / "pc", SOURCES, "planetary-computer", files)) as pc:
+            urls["earth-search"], urls["planetary-computer"] = es, pc
+            yield urls
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  memory_limit="1.5GiB") as c:
+        yield c
+
+
+def _request(name: str, **extra) -> object:
+    doc = json.loads((EXAMPLES / f"{name}.json").read_text())
+    doc.pop("scenes")
+    doc.update(extra)
+    return parse_request(doc)
+
+
+def _arrays(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for p in sorted(root.rglob("*.tif")):
+        with rasterio.open(p) as src:
+            out[str(p.relative_to(root))] = src.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory):
+    """The reference: each example from its catalogue file on threads."""
+    out = {}
+    for name in ("bouconne-2018", "canberra-1992-l5"):
+        folder = tmp_path_factory.mktemp(f"threads-{name}")
+        produce(_request(name), out_dir=folder, scenes=str(SOURCES[name]), progress=False, quicklooks=False,
+                block_size=64)
+        out[name] = _arrays(folder)
+    return out
+
+
+def test_search_pages_and_filters_by_window_and_geometry(apis, monkeypatch):
+    monkeypatch.setattr(stac_api, "PAGE_SIZE", 2)  # 7 Bouconne items: four pages
+    region = shapely.box(1.216, 43.639, 1.242, 43.66)
+    items = stac_api.search_items(apis["earth-search"], "S2_SR", region, date(2018, 1, 1), date(2018, 12, 31))
+    assert len(items) == 7 and {i.collection_id for i in items} == {"sentinel-2-l2a"}
+    july = stac_api.discover(apis["planetary-computer"], "S2_SR", region, date(2018, 7, 1), date(2018, 7, 31))
+    assert [s.id for s in july] == ["SENTINEL2X_20180708_L3A_bouconne"]
+    assert july[0].bands["B8A"].href.endswith("/B8A.tif") and july[0].bands["B8A"].href.startswith("http://")
+    far = shapely.box(10, 10, 11, 11)
+    assert stac_api.discover(apis["earth-search"], "S2_SR", far, date(2018, 1, 1), date(2018, 12, 31)) == []
+
+
+def test_api_errors_are_typed_and_say_what_to_do(apis):
+    region = shapely.box(1.216, 43.639, 1.242, 43.66)
+    with pytest.raises(SceneError, match="collection"):
+        stac_api.search_items(apis["earth-search"] + "#collections=S2_SR", "S2_SR", region, date(2018, 1, 1),
+                              date(2018, 2, 1))
+    with pytest.raises(SceneError, match="cannot search the STAC API"):
+        stac_api.search_items("http://127.0.0.1:9/stac", "S2_SR", region, date(2018, 1, 1), date(2018, 2, 1))
+    with pytest.raises(SceneError, match=r"refused the search .*HTTP 404"):  # a server that is no STAC API
+        stac_api.search_items(apis["earth-search"] + "/no-such-api", "S2_SR", region, date(2018, 1, 1),
+                              date(2018, 2, 1))
+    assert stac_api.is_stac_api("https://earth-search.aws.element84.com/v1")
+    assert not stac_api.is_stac_api("https://example.org/catalog.json") and not stac_api.is_stac_api("x/c.json")
+
+
+@pytest.mark.parametrize("shape,name", [("earth-search", "bouconne-2018"), ("planetary-computer", "bouconne-2018"),
+                                        ("planetary-computer", "canberra-1992-l5")])
+def test_examples_through_the_api_on_worker_processes_equal_the_threaded_run(apis, cluster, threaded, shape, name,
+                                                                             tmp_path):
+    produce(_request(name, scenes=apis[shape]), out_dir=tmp_path, dask_address=cluster, progress=False,
+            quicklooks=False, block_size=64)
+    got, want = _arrays(tmp_path), threaded[name]
+    assert got.keys() == want.keys() and len(got) >= 6
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_a_killed_worker_costs_only_its_blocks(apis, threaded, tmp_path):
+    """SIGKILL one of two worker processes while blocks are in flight: the scheduler recomputes its blocks
+    elsewhere and the files are those of the threaded run."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        pids = list(client.run(os.getpid).values())
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                produce(_request("bouconne-2018", scenes=apis["earth-search"]), out_dir=tmp_path,
+                        dask_address=client, progress=False, quicklooks=False, block_size=32)
+            except BaseException as e:  # reported by the test thread
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(  # wait until blocks are running
+                ts for ts in client.processing().values()):
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)
+        assert t.is_alive()  # killed mid-run, with blocks in flight
+        t.join(300)
+        assert not t.is_alive() and not errors, errors
+    got, want = _arrays(tmp_path), threaded["bouconne-2018"]
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
