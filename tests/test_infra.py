@@ -30,10 +30,10 @@ BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 
 
 def _tool(name: str) -> str:
-    """A command-line tool from the test venv (pinned in requirements-dev.txt)."""
+    """A command-line tool from the test venv (locks/dev.txt)."""
     path = VENV_BIN / name
     if not path.exists():
-        pytest.fail(f"{name} is missing from {VENV_BIN}: install requirements-dev.txt (scripts/test does)")
+        pytest.fail(f"{name} is missing from {VENV_BIN}: install locks/dev.txt (scripts/test does)")
     return str(path)
 
 
