@@ -63,6 +63,6 @@ output "build_command" {
     "gcloud builds submit /tmp/leaf-source.tgz --project=${var.project_id} --region=${var.region} --config=cloudbuild.yaml",
     "--service-account=${google_service_account.build.id}",
     "--gcs-source-staging-dir=${google_storage_bucket.build_source.url}/source",
-    "--substitutions=COMMIT_SHA=$(git rev-parse HEAD),_REGION=${var.region},_REPOSITORY=${var.artifact_repository},_TOPICS=${join(";", [var.requests_topic, var.tile_ready_topic, var.run_finished_topic, var.reconcile_topic])}",
+    "--substitutions=COMMIT_SHA=$(git rev-parse HEAD),_REGION=${var.region},_REPOSITORY=${var.artifact_repository},_TOPICS=${join(":", [var.requests_topic, var.tile_ready_topic, var.run_finished_topic, var.reconcile_topic])}",
   ])
 }
