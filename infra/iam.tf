@@ -175,6 +175,9 @@ resource "google_service_account_iam_member" "pubsub_agent_signs_push_tokens" {
   service_account_id = each.value.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = "serviceAccount:${local.pubsub_service_agent}"
+
+  # The Pub/Sub agent exists once the project has its first Pub/Sub resource.
+  depends_on = [google_pubsub_topic.requests]
 }
 
 # Dead-lettering: Pub/Sub forwards from a subscription to its dead-letter topic as its service agent.

@@ -149,3 +149,33 @@ def test_import_loads_no_cloud_sdk():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing leaf_engine loaded cloud SDKs: {out}"
+
+
+def test_no_stray_requirement_lists():
+    # pyproject.toml is the one list of dependencies; a requirements file next to it would drift from the locks.
+    stray = [p.name for p in (ROOT / "requirements.txt", ROOT / "requirements-dev.txt") if p.exists()]
+    assert not stray, f"{stray}: move their pins into pyproject.toml (dependencies or an extra), then {RERUN}"
+
+
+LOCAL_ONLY_MODULES = ("numba", "llvmlite", "matplotlib", "dask", "distributed", "rio_cogeo", "typer", "rich")
+
+
+def test_service_entry_points_need_nothing_from_the_local_extra():
+    """functions/main.py and what its targets reach (the Earth Engine backend, the catalogue's GeoTIFF check)
+    import with the `local` extra's modules made unimportable, as in the service image (tests/test_image.py
+    checks the image itself)."""
+    # None in sys.modules: `import x` raises ImportError and importlib.util.find_spec('x') says absent.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"sys.modules.update(dict.fromkeys({LOCAL_ONLY_MODULES!r}))\n"
+        "import functions.main, leaf_engine.backends.gee as gee, leaf_engine.catalogue.check, rasterio, ee\n"
+        "for m in pkgutil.iter_modules(gee.__path__): importlib.import_module(f'leaf_engine.backends.gee.{m.name}')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, f"a service code path imports a local-only module:\n{res.stderr[-3000:]}"
+
+
+def test_the_blocker_sees_a_local_import():
+    code = "import sys\nsys.modules['numba'] = None\nimport leaf_engine.sl2p.kernel\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "numba" in res.stderr
