@@ -166,6 +166,18 @@ def test_image_holds_only_the_service_dependencies(image: Image):
     assert size_mb < 420, f"the service environment grew to {size_mb:.0f} MB (infra/README.md reports the budget)"
 
 
+def test_build_context_is_what_dockerignore_admits(tmp_path):
+    from tests.support.image_replay import build_context
+
+    files = build_context(ROOT, tmp_path)
+    top = {f.split("/", 1)[0] for f in files}
+    # docker build always sends the Dockerfile and .dockerignore themselves.
+    want = {"locks", "pyproject.toml", "README.md", "leaf_engine", "functions", "Dockerfile", ".dockerignore"}
+    assert top == want, top
+    assert {f for f in files if f.startswith("locks/")} == {"locks/build.txt", "locks/service.txt"}
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+
+
 def test_image_user_has_a_home():
     # gunicorn puts its control socket under $HOME: the user needs one it owns.
     from tests.support.image_replay import parse_dockerfile
@@ -204,8 +216,11 @@ def test_replayed_image_serves_each_target(image: Image, emulators: Emulators):
     ready = create_topic(emulators, TILE_READY_TOPIC)
     requests_topic = create_topic(emulators, f"image-requests-{uuid.uuid4().hex[:6]}")
     sink = GcsSink(BUCKET)
-    env = {**emulators.env, "LEAF_TILE_READY_TOPIC": ready, "LEAF_ERRORS_URI": f"gs://{ERRORS_BUCKET}/image",
-           "LEAF_BACKEND": "gee"}
+    finished = create_topic(emulators, "run-finished")
+    # The deployment's environment (infra/run.tf), pointed at the emulators.
+    env = {**emulators.env, "LEAF_TILE_READY_TOPIC": ready, "LEAF_RUN_FINISHED_TOPIC": finished,
+           "LEAF_ERRORS_URI": f"gs://{ERRORS_BUCKET}/image", "LEAF_BACKEND": "gee", "LEAF_ALLOWED_OUTPUTS": BUCKET,
+           "LEAF_MAX_TASKS_IN_FLIGHT": "1000", "LEAF_MAX_EECU_HOURS": "100"}
     targets = cloud_event_targets()
     assert {"start_production", "catalogue_output"} <= set(targets), targets
     with EEStandIn() as ee_server:
