@@ -179,3 +179,12 @@ def test_the_blocker_sees_a_local_import():
     code = "import sys\nsys.modules['numba'] = None\nimport leaf_engine.sl2p.kernel\n"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "numba" in res.stderr
+
+
+def test_dev_lock_holds_every_extra_and_the_image_lock_only_service():
+    targets = _lock_targets()
+    assert set(targets["locks/dev.txt"][1]) == set(PROJECT["optional-dependencies"]), (
+        "locks/dev.txt (the suite's environment) must include every extra: add it in scripts/lock")
+    assert targets["locks/service.txt"][1] == ["service"], "the image installs core + the service extra only"
+    assert "locks/service.txt" in (ROOT / "Dockerfile").read_text()
+    assert "locks/dev.txt" in (ROOT / "scripts" / "_venv.sh").read_text()
