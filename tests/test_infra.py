@@ -613,3 +613,25 @@ def test_provider_versions_match_the_checked_schemas(schemas):
         version = schema["package"]["provider"]["version"]
         assert required.get(name) == f"~> {version}", (
             f"infra/versions.tf allows {name} {required.get(name)}; the schema checked is {version}")
+
+
+def test_every_reference_names_something_declared():
+    """What `terraform validate` would catch first without the providers: a reference to a resource, data
+    source, variable or local that does not exist (e.g. one left behind by a removed resource)."""
+    tf = _terraform()
+    declared = set()
+    for kind in ("resource", "data"):
+        for block in tf.get(kind, []):
+            for rtype, named in block.items():
+                for name in named:
+                    prefix = "data." if kind == "data" else ""
+                    declared.add(f"{prefix}{_unquote(rtype)}.{_unquote(name)}")
+    variables = {_unquote(k) for block in tf.get("variable", []) for k in block}
+    local_names = {k for block in tf.get("locals", []) for k in block if not k.startswith("__")}
+    text = "\n".join(re.sub(r"#.*", "", p.read_text()) for p in INFRA.glob("*.tf"))
+    refs = set(re.findall(r"\b((?:data\.)?(?:google|time)_\w+\.\w+)", text))
+    missing = sorted(r for r in refs if r not in declared and not r.startswith(("google_project_service.apis",)))
+    missing = [r for r in missing if r.split(".")[-1] != "googleapis"]  # service names like run.googleapis.com
+    assert not missing, f"references to undeclared resources: {missing}"
+    assert not set(re.findall(r"\bvar\.(\w+)", text)) - variables, "undeclared variables"
+    assert not set(re.findall(r"\blocal\.(\w+)", text)) - local_names, "undeclared locals"
