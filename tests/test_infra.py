@@ -635,3 +635,18 @@ def test_every_reference_names_something_declared():
     assert not missing, f"references to undeclared resources: {missing}"
     assert not set(re.findall(r"\bvar\.(\w+)", text)) - variables, "undeclared variables"
     assert not set(re.findall(r"\blocal\.(\w+)", text)) - local_names, "undeclared locals"
+
+
+def test_every_attribute_read_is_exported_by_its_resource(schemas):
+    """`type.name.ATTR` (and `type.name[key].ATTR`) must name an argument or exported attribute of that type."""
+    text = "\n".join(re.sub(r"#.*", "", p.read_text()) for p in INFRA.glob("*.tf"))
+    refs = set(re.findall(r"\b((?:data\.)?)((?:google|time)_\w+)\.\w+(?:\[[^\]]+\])?\.(\w+)", text))
+    assert refs, "no attribute reads found"
+    unknown = []
+    for data, rtype, attr in sorted(refs):
+        kind = "data" if data else "resource"
+        schema = schemas[rtype.split("_")[0]]
+        known = set(schema["attributes"].get(f"{kind}.{rtype}", [])) | set(schema[kind].get(rtype, {}))
+        if attr not in known:
+            unknown.append(f"{data}{rtype}.*.{attr}")
+    assert not unknown, f"attributes the provider schema does not export: {unknown}"

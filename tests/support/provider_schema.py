@@ -25,6 +25,8 @@ _ATTRS_FN = re.compile(r"const attrs = \{\n(.*?)\n    \};", re.S)  # in a functi
 _ATTRS_CLASS = re.compile(r"const attrs = \{\n(.*?)\n        \};", re.S)  # in a class method
 _ENTRY = re.compile(r'(\w+): \{\s*value: (.+?),\s*isBlock: (true|false),\s*type: "(\w+)",', re.S)
 _NESTED = re.compile(r"(?<![.\w])(\w+)ToHclTerraform\b")
+# Attributes a resource exports (computed ones included): what `type.name.ATTR` may read.
+_GETTER = re.compile(r"this\.get\w*Attribute\('(\w+)'\)|this\.interpolationForAttribute\('(\w+)'\)")
 
 META_ARGUMENTS = {"count", "for_each", "depends_on", "lifecycle", "provider", "provisioner", "connection"}
 
@@ -45,8 +47,8 @@ def _entries(body: str) -> dict[str, str | None]:
     return out
 
 
-def _parse_module(text: str) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
-    """(kind, type) -> top-level entries, and nested function -> entries, for one index.js."""
+def _parse_module(text: str) -> tuple[dict[tuple[str, str], dict], dict[str, dict], dict[tuple[str, str], list]]:
+    """(kind, type) -> top-level entries, nested function -> entries, and (kind, type) -> exported attributes."""
     functions: dict[str, dict] = {}
     for match in _FUNC.finditer(text):
         body = _ATTRS_FN.search(text, match.end())
@@ -54,17 +56,20 @@ def _parse_module(text: str) -> tuple[dict[tuple[str, str], dict], dict[str, dic
         if body and body.start() < end:
             functions[match.group(1)] = _entries(body.group(1))
     tops: dict[tuple[str, str], dict] = {}
+    exported: dict[tuple[str, str], list] = {}
     kinds = {name: kind for name, kind in _CLASS.findall(text)}
     for cls, tf_type in _TYPE.findall(text):
         kind = {"TerraformResource": "resource", "TerraformDataSource": "data",
                 "TerraformProvider": "provider"}.get(kinds.get(cls, ""))
         if kind is None:
             continue
-        start = text.find("synthesizeHclAttributes() {", text.find(f"class {cls} "))
+        class_start = text.find(f"class {cls} ")
+        start = text.find("synthesizeHclAttributes() {", class_start)
         body = _ATTRS_CLASS.search(text, start)
         if start >= 0 and body:
             tops[(kind, tf_type)] = _entries(body.group(1))
-    return tops, functions
+            exported[(kind, tf_type)] = sorted({a or b for a, b in _GETTER.findall(text[class_start:start])})
+    return tops, functions, exported
 
 
 def _resolve(entries: dict[str, str | None], functions: dict[str, dict], depth: int = 0) -> dict:
@@ -76,7 +81,7 @@ def _resolve(entries: dict[str, str | None], functions: dict[str, dict], depth: 
 
 def extract(tarball: Path) -> dict:
     """{"provider": {...}, "resource": {type: {...}}, "data": {type: {...}}}; nested dicts are blocks."""
-    schema: dict[str, dict] = {"provider": {}, "resource": {}, "data": {}, "package": {}}
+    schema: dict[str, dict] = {"provider": {}, "resource": {}, "data": {}, "package": {}, "attributes": {}}
     with tarfile.open(tarball) as archive:
         for member in archive:
             if member.name == "package/package.json":
@@ -86,9 +91,10 @@ def extract(tarball: Path) -> dict:
             if not re.fullmatch(r"package/lib/[\w-]+/index\.js", member.name):
                 continue
             text = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
-            tops, functions = _parse_module(text)
+            tops, functions, exported = _parse_module(text)
             for (kind, tf_type), entries in tops.items():
                 schema[kind][tf_type] = _resolve(entries, functions)
+                schema["attributes"][f"{kind}.{tf_type}"] = exported.get((kind, tf_type), [])
     return schema
 
 
