@@ -10,5 +10,5 @@ resource "google_artifact_registry_repository" "images" {
     immutable_tags = true
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }

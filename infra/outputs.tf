@@ -8,6 +8,16 @@ output "catalogue_service_uri" {
   value       = google_cloud_run_v2_service.catalogue.uri
 }
 
+output "reconcile_service_uri" {
+  description = "URL of the reconcile_runs service (internal ingress)."
+  value       = google_cloud_run_v2_service.reconcile.uri
+}
+
+output "run_finished_topic" {
+  description = "Subscribe here to learn when a run reaches its final state."
+  value       = google_pubsub_topic.run_finished.id
+}
+
 output "requests_topic" {
   description = "Publish production dictionaries here."
   value       = google_pubsub_topic.requests.id
@@ -24,8 +34,8 @@ output "tile_ready_topic" {
 }
 
 output "bucket" {
-  description = "Output bucket."
-  value       = google_storage_bucket.outputs.url
+  description = "Output bucket name: requests must name it as GCS_bucket."
+  value       = google_storage_bucket.outputs.name
 }
 
 output "image_repository" {
@@ -40,16 +50,19 @@ output "service_accounts" {
     catalogue        = google_service_account.catalogue.email
     requests_invoker = google_service_account.requests_invoker.email
     events_invoker   = google_service_account.events_invoker.email
+    reconcile        = google_service_account.reconcile.email
+    reconcile_push   = google_service_account.reconcile_invoker.email
     build            = google_service_account.build.email
   }
 }
 
 output "build_command" {
-  description = "The Cloud Build command for this deployment (run from the repository root)."
+  description = "The Cloud Build command for this deployment (run from a clean checkout's root): it builds the committed tree of HEAD, never the working tree."
   value = join(" ", [
-    "gcloud builds submit --project=${var.project_id} --region=${var.region} --config=cloudbuild.yaml",
+    "git archive --format=tar.gz -o /tmp/leaf-source.tgz HEAD &&",
+    "gcloud builds submit /tmp/leaf-source.tgz --project=${var.project_id} --region=${var.region} --config=cloudbuild.yaml",
     "--service-account=${google_service_account.build.id}",
     "--gcs-source-staging-dir=${google_storage_bucket.build_source.url}/source",
-    "--substitutions=COMMIT_SHA=$(git rev-parse HEAD),_REGION=${var.region},_BUCKET=${google_storage_bucket.outputs.name},_REQUESTS_TOPIC=${var.requests_topic},_TILE_READY_TOPIC=${var.tile_ready_topic},_REPOSITORY=${var.artifact_repository}",
+    "--substitutions=COMMIT_SHA=$(git rev-parse HEAD),_REGION=${var.region},_REPOSITORY=${var.artifact_repository},_TOPICS=${join(":", [var.requests_topic, var.tile_ready_topic, var.run_finished_topic, var.reconcile_topic])}",
   ])
 }

@@ -6,7 +6,7 @@ resource "google_storage_bucket" "outputs" {
   storage_class               = "STANDARD"
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
-  force_destroy               = false
+  force_destroy               = var.force_destroy_outputs
 
   # Versioning and soft delete: an overwrite or delete (rerun=overwrite, a bad manifest) can be undone.
   versioning {
@@ -17,11 +17,14 @@ resource "google_storage_bucket" "outputs" {
     retention_duration_seconds = var.soft_delete_retention_days * 86400
   }
 
-  # Error records are diagnostics, not products: expire them.
+  # Error records are diagnostics, not products: expire them where they are written, under
+  # {out_folder}/_errors/ of each request and under LEAF_ERRORS_URI (_errors/, undecodable messages).
+  # A lifecycle condition matches literal prefixes only, so each out_folder is listed (var.out_folders).
   lifecycle_rule {
     condition {
       age            = var.error_record_retention_days
-      matches_prefix = [local.errors_prefix]
+      matches_prefix = local.error_record_prefixes
+      matches_suffix = [".json"]
     }
     action {
       type = "Delete"
@@ -39,7 +42,7 @@ resource "google_storage_bucket" "outputs" {
     }
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # Staging bucket for `gcloud builds submit` sources, readable by the build service account only.
@@ -61,5 +64,12 @@ resource "google_storage_bucket" "build_source" {
     }
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
+}
+
+locals {
+  error_record_prefixes = distinct(concat(
+    [local.errors_prefix],
+    [for folder in var.out_folders : "${trim(folder, "/")}/${local.errors_prefix}"],
+  ))
 }

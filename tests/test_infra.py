@@ -30,10 +30,10 @@ BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 
 
 def _tool(name: str) -> str:
-    """A command-line tool from the test venv (pinned in requirements-dev.txt)."""
+    """A command-line tool from the test venv (locks/dev.txt)."""
     path = VENV_BIN / name
     if not path.exists():
-        pytest.fail(f"{name} is missing from {VENV_BIN}: install requirements-dev.txt (scripts/test does)")
+        pytest.fail(f"{name} is missing from {VENV_BIN}: install locks/dev.txt (scripts/test does)")
     return str(path)
 
 
@@ -242,33 +242,113 @@ def test_no_basic_roles_and_resource_level_grants():
 # --- event wiring --------------------------------------------------------------------------------------
 
 
-def test_requests_push_to_start_production_with_oidc_and_dead_letter():
+# Which topic feeds which entry point (pubsub.tf). One place: the wiring tests below read it.
+PUSH_WIRING = {"requests": "start_production", "output_events": "catalogue_output", "reconcile": "reconcile_runs"}
+
+
+def test_each_topic_pushes_to_its_target_with_oidc():
     tf = _terraform()
     services = _service_targets(tf)
     subs = _resources(tf, "google_pubsub_subscription")
     pushes = {n: s for n, s in subs.items() if "push_config" in s}
-    assert pushes, "no push subscription feeds a service"
+    wired = {}
     for name, sub in pushes.items():
         push = sub["push_config"][0]
         target_res = re.search(r"google_cloud_run_v2_service\.(\w+)\.uri", push["push_endpoint"]).group(1)
-        assert services[target_res][1] == "start_production", f"{name} pushes to {services[target_res]}"
-        assert "requests" in sub["topic"], f"{name} must read the requests topic"
+        topic = re.search(r"google_pubsub_topic\.(\w+)\.id", sub["topic"]).group(1)
+        wired[topic] = services[target_res][1]
         assert push["oidc_token"][0]["service_account_email"], f"{name}: push without OIDC"
-        assert sub["dead_letter_policy"][0]["dead_letter_topic"] and sub["retry_policy"], name
+        assert target_res in push["oidc_token"][0]["audience"], f"{name}: OIDC audience is not its service"
+        assert sub["retry_policy"], f"{name}: no retry policy"
+        if topic != "reconcile":  # a scheduled tick is replaced by the next one; others keep poison messages
+            assert sub["dead_letter_policy"][0]["dead_letter_topic"], f"{name}: no dead-letter topic"
+    assert wired == PUSH_WIRING
 
 
-def test_bucket_finalize_triggers_catalogue_output():
+def test_every_push_subscription_has_its_token_creator_grant():
     tf = _terraform()
-    services = _service_targets(tf)
-    triggers = _resources(tf, "google_eventarc_trigger")
-    assert triggers, "no Eventarc trigger"
-    for name, trig in triggers.items():
-        criteria = {_unquote(c["attribute"]): _unquote(c["value"]) for c in trig["matching_criteria"]}
-        assert criteria["type"] == "google.cloud.storage.object.v1.finalized", name
-        assert "google_storage_bucket.outputs" in criteria["bucket"], name
-        dest = trig["destination"][0]["cloud_run_service"][0]["service"]
-        target_res = re.search(r"google_cloud_run_v2_service\.(\w+)\.name", dest).group(1)
-        assert services[target_res][1] == "catalogue_output", f"{name} delivers to {services[target_res]}"
+    subs = _resources(tf, "google_pubsub_subscription")
+    invokers = {re.search(r"google_service_account\.(\w+)\.email", s["push_config"][0]["oidc_token"][0]
+                          ["service_account_email"]).group(1) for s in subs.values() if "push_config" in s}
+    grant = _resources(tf, "google_service_account_iam_member")["pubsub_agent_signs_push_tokens"]
+    assert _unquote(grant["role"]) == "roles/iam.serviceAccountTokenCreator"
+    push_invokers = tf["locals"]
+    granted = set()
+    for block in push_invokers:
+        for value in block.get("push_invokers", {}).values():
+            granted.add(re.search(r"google_service_account\.(\w+)", value).group(1))
+    assert "local.push_invokers" in grant["for_each"] and invokers == granted, (invokers, granted)
+    for name, sub in subs.items():
+        if "push_config" in sub:
+            assert "google_service_account_iam_member.pubsub_agent_signs_push_tokens" in str(sub.get("depends_on")), (
+                f"{name}: the first delivery must wait for the token-creator grant")
+
+
+def test_output_bucket_notifies_the_catalogue_topic_only():
+    tf = _terraform()
+    notes = _resources(tf, "google_storage_notification")
+    assert len(notes) == 1
+    note = next(iter(notes.values()))
+    assert "google_storage_bucket.outputs" in note["bucket"] and "google_pubsub_topic.output_events" in note["topic"]
+    assert [_unquote(t) for t in note["event_types"]] == ["OBJECT_FINALIZE"]
+    assert _unquote(note["payload_format"]) == "JSON_API_V1"
+    # The Cloud Storage agent may publish to that topic only: no project-wide publisher grant.
+    project_roles = str(_resources(tf, "google_project_iam_member"))
+    assert "roles/pubsub.publisher" not in project_roles
+    topic_grants = _resources(tf, "google_pubsub_topic_iam_member")
+    gcs = [g for g in topic_grants.values() if "google_storage_project_service_account" in g["member"]]
+    assert [g["topic"] for g in gcs] == ["${google_pubsub_topic.output_events.id}"], gcs
+
+
+def test_reconciler_ticks_every_five_minutes_through_its_topic():
+    tf = _terraform()
+    job = _resources(tf, "google_cloud_scheduler_job")["reconcile"]
+    assert "google_pubsub_topic.reconcile" in job["pubsub_target"][0]["topic_name"]
+    variables = {_unquote(k): v for block in tf["variable"] for k, v in block.items()}
+    assert _unquote(job["schedule"]) == "${var.reconcile_schedule}"
+    assert _unquote(variables["reconcile_schedule"]["default"]) == "*/5 * * * *"
+    assert _unquote(variables["run_finished_topic"]["default"]) == "run-finished"
+    env = {_unquote(k) for b in tf["locals"] for k in b.get("service_env", {})}
+    assert {"LEAF_RUN_FINISHED_TOPIC", "LEAF_MAX_TASKS_IN_FLIGHT", "LEAF_MAX_EECU_HOURS"} <= env, env
+
+
+def test_every_resource_waits_for_the_apis():
+    """A resource created before its API is usable fails on a new project: each one depends on
+    time_sleep.apis_ready, directly or through a resource it references."""
+    tf = _terraform()
+    text = {p.name: p.read_text() for p in INFRA.glob("*.tf")}
+    bodies: dict[str, str] = {}
+    for block in tf.get("resource", []):
+        for rtype, named in block.items():
+            for name, body in named.items():
+                bodies[f"{_unquote(rtype)}.{_unquote(name)}"] = str(body)
+    for block in tf.get("data", []):
+        for rtype, named in block.items():
+            for name, body in named.items():
+                bodies[f"data.{_unquote(rtype)}.{_unquote(name)}"] = str(body)
+    for block in tf.get("locals", []):
+        for name, value in block.items():
+            bodies[f"local.{name}"] = str(value)
+    ready = {"time_sleep.apis_ready", "google_project_service.apis"}
+
+    def waits(address: str, seen: frozenset = frozenset()) -> bool:
+        if address in ready:
+            return True
+        refs = set(re.findall(r"((?:data\.)?google_\w+\.\w+|time_sleep\.\w+|local\.\w+)", bodies.get(address, "")))
+        return any(waits(r, seen | {address}) for r in refs - seen if r in bodies or r in ready)
+
+    assert text and bodies
+    late = sorted(a for a in bodies if a not in ready and not a.startswith("local.") and not waits(a))
+    assert not late, f"created without waiting for the APIs: {late}"
+    apis = _resources(tf, "google_project_service")["apis"]["for_each"]
+    for api in ("iam", "cloudresourcemanager", "pubsub", "run", "earthengine", "cloudscheduler", "storage"):
+        assert f"{api}.googleapis.com" in apis, f"{api} API is not enabled"
+
+
+def test_cloud_run_deletion_protection_is_a_variable():
+    tf = _terraform()
+    for name, body in _resources(tf, "google_cloud_run_v2_service").items():
+        assert body.get("deletion_protection") == "${var.deletion_protection}", name
 
 
 def test_output_bucket_protections():
@@ -278,6 +358,10 @@ def test_output_bucket_protections():
     assert bucket["versioning"][0]["enabled"] is True and bucket["soft_delete_policy"]
     prefixes = [c for rule in bucket["lifecycle_rule"] for c in rule["condition"] if "matches_prefix" in c]
     assert prefixes, "error records need a lifecycle rule"
+    # Error records live at {out_folder}/_errors/ (and under LEAF_ERRORS_URI): the rule lists those prefixes.
+    assert prefixes[0]["matches_prefix"] == "${local.error_record_prefixes}", prefixes
+    local = next(b["error_record_prefixes"] for b in _terraform()["locals"] if "error_record_prefixes" in b)
+    assert "var.out_folders" in local and "local.errors_prefix" in local, local
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------------
@@ -339,27 +423,61 @@ def test_cloudbuild_schema_check_rejects_a_broken_config(tmp_path):
     assert res.returncode != 0, res.stdout
 
 
+def _cloudbuild() -> dict:
+    return yaml.safe_load(CLOUDBUILD.read_text())
+
+
+def _expand(build: dict, text: str) -> str:
+    for _ in range(3):  # substitutions may name substitutions (dynamicSubstitutions)
+        text = re.sub(r"\$\{(_\w+)\}", lambda m: str(build["substitutions"].get(m.group(1), m.group(0))), text)
+    return text
+
+
 def test_cloudbuild_tests_builds_pushes_and_deploys_commit_tagged_image():
-    build = yaml.safe_load(CLOUDBUILD.read_text())
+    build = _cloudbuild()
     steps = {s["id"]: s for s in build["steps"]}
     test_cmd = " ".join(steps["test"]["args"])
-    assert ".ci/run" in test_cmd, "the build must run the test suite"
+    assert "bash .ci/run" in test_cmd, "the build must run the suite exactly as CI does"
     push_args = " ".join(steps["push"]["args"])
     assert "${COMMIT_SHA}" in push_args and "test" in steps["push"]["waitFor"], "push commit tag, after tests"
     assert "-docker.pkg.dev/" in build["substitutions"]["_IMAGE"], "images go to Artifact Registry"
-    for key in ("_REGION", "_BUCKET", "_REQUESTS_TOPIC", "_TILE_READY_TOPIC"):
-        assert key in build["substitutions"], f"missing substitution {key}"
+    # Immutable tags: re-running a commit's build must not push the tag again (the `images:` field would).
+    assert "images" not in build, "`images:` pushes unconditionally; an existing immutable tag fails the rerun"
+    assert ".image-exists" in " ".join(steps["preflight"]["args"]) and ".image-exists" in push_args
+    assert ".image-exists" in " ".join(steps["build"]["args"])
+
+
+def test_cloudbuild_step_images_pinned_by_digest_and_equipped():
+    build = _cloudbuild()
+    for step in build["steps"]:
+        image = _expand(build, step["name"])
+        assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"step {step['id']}: {image} is not pinned by digest"
+    steps = {s["id"]: s for s in build["steps"]}
+    # The test step's image has Python 3.11 (the Dockerfile's base, same digest) and installs what the suite
+    # starts: Java and the Pub/Sub emulator (LEAF_REQUIRE_EMULATORS makes their absence a failure) and npm.
+    base = re.search(r"^FROM (\S+)", DOCKERFILE.read_text(), re.M).group(1)
+    assert _expand(build, steps["test"]["name"]) == base
+    test_cmd = " ".join(steps["test"]["args"])
+    for package in ("openjdk-17-jre-headless", "google-cloud-cli-pubsub-emulator=", "npm"):
+        assert package in test_cmd, f"the test step does not install {package}"
+    for sid in ("build", "push"):
+        assert "cloud-builders/docker" in _expand(build, steps[sid]["name"])
 
 
 # --- one set of entrypoint names -----------------------------------------------------------------------
+
+
+# The entry points the deployment runs: one list, checked against Terraform, functions/main.py and Cloud Build.
+DEPLOYED_TARGETS = {"start_production", "catalogue_output", "reconcile_runs"}
 
 
 def test_entrypoints_agree_across_functions_dockerfile_terraform_and_cloudbuild():
     assert FUNCTIONS_MAIN.exists(), "functions/main.py is missing: it defines the services' entrypoints"
     functions = _cloud_event_functions(FUNCTIONS_MAIN)
     targets = _service_targets(_terraform())
-    assert {t for _, t in targets.values()} == functions, (
-        f"Terraform targets {sorted(targets.values())} vs CloudEvent functions {sorted(functions)}"
+    assert {t for _, t in targets.values()} == DEPLOYED_TARGETS, f"Terraform targets {sorted(targets.values())}"
+    assert functions == DEPLOYED_TARGETS, (
+        f"CloudEvent functions {sorted(functions)} vs deployed {sorted(DEPLOYED_TARGETS)}"
     )
 
     final = _final_stage(_docker_instructions(DOCKERFILE.read_text()))
@@ -374,18 +492,16 @@ def test_entrypoints_agree_across_functions_dockerfile_terraform_and_cloudbuild(
     cmd = [args for op, args in final if op in {"CMD", "ENTRYPOINT"}][-1]
     assert "functions-framework" in cmd
 
-    build = yaml.safe_load(CLOUDBUILD.read_text())
-    deployed = {}
+    # Cloud Build rolls the image out to exactly the Terraform services and leaves their environment alone.
+    build = _cloudbuild()
+    deployed = set()
     for step in build["steps"]:
         args = [str(a) for a in step.get("args", [])]
         if args[:2] == ["run", "deploy"]:
-            service = re.sub(r"\$\{(\w+)\}", lambda m: str(build["substitutions"][m.group(1)]), args[2])
-            env_arg = next(a for a in args if a.startswith("--update-env-vars="))
-            deployed[service] = dict(kv.split("=", 1) for kv in env_arg.split("=", 1)[1].split(","))
-    assert {name: t for name, t in targets.values()} == {s: e["FUNCTION_TARGET"] for s, e in deployed.items()}
-    tf_env_names = set(_unquote(k) for k in _terraform()["locals"][0]["service_env"]) | {"FUNCTION_TARGET"}
-    for service, env_vars in deployed.items():
-        assert set(env_vars) == tf_env_names, f"{service}: Cloud Build and Terraform set different variables"
+            deployed.add(_expand(build, args[2]))
+            assert not any(a.startswith(("--update-env-vars", "--set-env-vars")) for a in args), (
+                "Terraform owns the services' environment: Cloud Build sets only the image")
+    assert deployed == {name for name, _ in targets.values()}
 
 
 # --- tooling -------------------------------------------------------------------------------------------
@@ -395,7 +511,137 @@ def test_infra_requirements_pinned_and_installer_silent():
     pins = [ln.strip() for ln in (ROOT / "requirements-infra.txt").read_text().splitlines()]
     pins = [p for p in pins if p and not p.startswith("#")]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", p) for p in pins), pins
+    assert "--require-hashes" in (ROOT / "scripts" / "infra_tools.sh").read_text()
     if not CHECKOV.exists():
         pytest.fail("checkov is missing: run scripts/infra_tools.sh (scripts/test does)")
     res = _run(["bash", "scripts/infra_tools.sh"])
     assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stdout + res.stderr
+
+
+# --- the google and time providers' published schemas --------------------------------------------------
+
+INFRA_TOOLS = ROOT / "scripts" / "infra_tools.sh"
+
+
+def _schemas() -> dict[str, dict]:
+    """Provider name -> schema, from the packages scripts/infra_tools.sh pins (the one list of versions)."""
+    from tests.support import provider_schema
+
+    pinned = re.findall(r'"@cdktf/provider-(\w+)@([\d.]+) sha512-', INFRA_TOOLS.read_text())
+    assert pinned, "scripts/infra_tools.sh pins no provider schema"
+    out = {}
+    for name, version in pinned:
+        tarball = ROOT / ".venv-infra" / "npm" / f"cdktf-provider-{name}-{version}.tgz"
+        if not tarball.exists():
+            pytest.fail(f"{tarball.name} is missing: run scripts/infra_tools.sh (scripts/test does)")
+        out[name] = provider_schema.load(tarball)
+    return out
+
+
+def _schema_problems(tf: dict[str, list], schemas: dict[str, dict]) -> list[str]:
+    from tests.support import provider_schema
+
+    found: list[str] = []
+    checked = 0
+    for kind in ("resource", "data"):
+        for block in tf.get(kind, []):
+            for rtype, named in block.items():
+                rtype = _unquote(rtype)
+                schema = schemas.get(rtype.split("_")[0])
+                for name, body in named.items():
+                    where = f"{kind}.{rtype}.{_unquote(name)}"
+                    if schema is None:
+                        found.append(f"{where}: no schema for provider {rtype.split('_')[0]!r}")
+                        continue
+                    found += provider_schema.problems(kind, rtype, body, schema, where)
+                    checked += 1
+    for block in tf.get("provider", []):
+        for pname, body in block.items():
+            pname = _unquote(pname)
+            found += provider_schema.problems("provider", pname, body, schemas[pname], f"provider.{pname}")
+    assert checked, "no resource was checked"
+    return found
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[str, dict]:
+    return _schemas()
+
+
+def test_every_resource_argument_and_block_is_in_the_provider_schema(schemas):
+    problems = _schema_problems(_terraform(), schemas)
+    assert not problems, "checker = provider schema (@cdktf/provider-*):\n" + "\n".join(problems)
+
+
+def test_schema_check_catches_unknown_arguments_and_blocks(schemas, tmp_path):
+    planted = {  # file: (anchor, inserted before it, the unknown name)
+        "pubsub.tf": ("  ack_deadline_seconds       = 600\n", "  ack_dedline = 1\n", "ack_dedline"),
+        "run.tf": ("        startup_cpu_boost = true\n", "        gpu = 1\n", "gpu"),
+        "storage.tf": ("  versioning {\n", "  versionning {\n    enabled = true\n  }\n\n", "versionning"),
+        "iam.tf": ('  role   = "roles/pubsub.publisher"\n', '  rol = "x"\n', "rol"),
+    }
+    for filename, (old, insert, unknown) in planted.items():
+        new = insert + old
+        for path in INFRA.glob("*.tf"):
+            text = path.read_text()
+            if path.name == filename:
+                assert old in text, f"{filename}: the planted edit's anchor is gone; update this test"
+                text = text.replace(old, new, 1)
+            (tmp_path / path.name).write_text(text)
+        merged: dict[str, list] = {}
+        for path in sorted(tmp_path.glob("*.tf")):
+            with path.open() as fh:
+                for key, blocks in hcl2.load(fh).items():
+                    merged.setdefault(key, []).extend(blocks)
+        problems = _schema_problems(merged, schemas)
+        assert any(repr(unknown) in p for p in problems), f"planted {unknown!r} in {filename} not found: {problems}"
+
+
+def test_provider_versions_match_the_checked_schemas(schemas):
+    required = {}
+    for block in _terraform()["terraform"]:
+        for providers in block.get("required_providers", []):
+            for name, spec in providers.items():
+                if isinstance(spec, dict):  # skips python-hcl2's __is_block__ marker
+                    required[name] = _unquote(spec["version"])
+    for name, schema in schemas.items():
+        version = schema["package"]["provider"]["version"]
+        assert required.get(name) == f"~> {version}", (
+            f"infra/versions.tf allows {name} {required.get(name)}; the schema checked is {version}")
+
+
+def test_every_reference_names_something_declared():
+    """What `terraform validate` would catch first without the providers: a reference to a resource, data
+    source, variable or local that does not exist (e.g. one left behind by a removed resource)."""
+    tf = _terraform()
+    declared = set()
+    for kind in ("resource", "data"):
+        for block in tf.get(kind, []):
+            for rtype, named in block.items():
+                for name in named:
+                    prefix = "data." if kind == "data" else ""
+                    declared.add(f"{prefix}{_unquote(rtype)}.{_unquote(name)}")
+    variables = {_unquote(k) for block in tf.get("variable", []) for k in block}
+    local_names = {k for block in tf.get("locals", []) for k in block if not k.startswith("__")}
+    text = "\n".join(re.sub(r"#.*", "", p.read_text()) for p in INFRA.glob("*.tf"))
+    refs = set(re.findall(r"\b((?:data\.)?(?:google|time)_\w+\.\w+)", text))
+    missing = sorted(r for r in refs if r not in declared and not r.startswith(("google_project_service.apis",)))
+    missing = [r for r in missing if r.split(".")[-1] != "googleapis"]  # service names like run.googleapis.com
+    assert not missing, f"references to undeclared resources: {missing}"
+    assert not set(re.findall(r"\bvar\.(\w+)", text)) - variables, "undeclared variables"
+    assert not set(re.findall(r"\blocal\.(\w+)", text)) - local_names, "undeclared locals"
+
+
+def test_every_attribute_read_is_exported_by_its_resource(schemas):
+    """`type.name.ATTR` (and `type.name[key].ATTR`) must name an argument or exported attribute of that type."""
+    text = "\n".join(re.sub(r"#.*", "", p.read_text()) for p in INFRA.glob("*.tf"))
+    refs = set(re.findall(r"\b((?:data\.)?)((?:google|time)_\w+)\.\w+(?:\[[^\]]+\])?\.(\w+)", text))
+    assert refs, "no attribute reads found"
+    unknown = []
+    for data, rtype, attr in sorted(refs):
+        kind = "data" if data else "resource"
+        schema = schemas[rtype.split("_")[0]]
+        known = set(schema["attributes"].get(f"{kind}.{rtype}", [])) | set(schema[kind].get(rtype, {}))
+        if attr not in known:
+            unknown.append(f"{data}{rtype}.*.{attr}")
+    assert not unknown, f"attributes the provider schema does not export: {unknown}"

