@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from leaf_engine.catalogue import ExpectedObject, ObjectEvent, catalogue_object
+from leaf_engine.catalogue import ObjectEvent, catalogue_object
+from leaf_engine.catalogue.expectations import record_expectations
 from leaf_engine.errors import TransientError
 from leaf_engine.naming import collection_key, run_record_key
 from leaf_engine.service import RequestMessage, RequestService, ServiceConfig
@@ -102,7 +103,7 @@ def test_a_request_starts_once_whatever_the_faults(emu: Emulators, seed: int) ->
     assert again.status == "duplicate", again
     assert starter.starts == 1
     got = GcsSink(BUCKET, client=_client(emu.storage_url)).read_json(run_record_key(folder, first.request_id))
-    assert got is not None and got[0]["state"] == "PROCESSING" and got[0]["tasks"] == first.tasks
+    assert got is not None and got[0]["state"] == "PROCESSING" and got[0]["backend_tasks"] == first.tasks
     assert sum(proxy.counts[k] for k in FAULTS) > 0, proxy.counts  # faults did happen
 
 
@@ -114,10 +115,11 @@ def test_every_output_is_catalogued_and_announced_once(emu: Emulators, seed: int
     started = RequestService(config, sink_for=lambda b: direct, starter=CountingStarter()).handle(
         RequestMessage(json.dumps(_request(folder, (7,))).encode(), {}, f"c-{seed}"))
     record = direct.read_json(run_record_key(folder, started.request_id))[0]  # type: ignore[index]
+    expected = record_expectations(record)  # a compact record: derived from its stored request
     with tempfile.TemporaryDirectory() as tmp:  # play Earth Engine: write every expected object
-        for key, obj in record["objects"].items():
-            direct.put_bytes(key, geotiff_bytes(ExpectedObject.from_dict(obj), Path(tmp)), "image/tiff")
-    blobs = {k: direct.bucket.get_blob(k) for k in record["objects"]}
+        for key, obj in expected.objects.items():
+            direct.put_bytes(key, geotiff_bytes(obj, Path(tmp)), "image/tiff")
+    blobs = {k: direct.bucket.get_blob(k) for k in expected.objects}
     events = [ObjectEvent(k, f"ev-{k}-{i}", BUCKET, int(b.generation), int(b.size), b.md5_hash)
               for k, b in blobs.items() for i in range(2)]  # every event delivered twice
     random.Random(seed).shuffle(events)
@@ -127,7 +129,7 @@ def test_every_output_is_catalogued_and_announced_once(emu: Emulators, seed: int
         for ev in events:
             _deliver(lambda e=ev: catalogue_object(sink, e, publisher=publisher))
     announced = [a["item_id"] for _, a in publisher.messages]
-    assert sorted(announced) == sorted(record["items"])  # one tile-ready per item, none twice
+    assert sorted(announced) == sorted(expected.items)  # one tile-ready per item, none twice
     coll = direct.read_json(collection_key(folder, started.request_id))[0]  # type: ignore[index]
     assert set(coll["leaf:items"].values()) == {"complete"}
     final = direct.read_json(run_record_key(folder, started.request_id))[0]  # type: ignore[index]
