@@ -152,6 +152,44 @@ def test_items_describe_their_files(run):
         assert item.properties["processing:software"]["leaf-engine"]
 
 
+def test_items_record_which_rule_masked(run, tmp_path):
+    """Both executors name the mask rule in the same words, from the sensor facts: a local item carries its
+    files' ``mask_rule`` tag (which adds the quality layers its scenes had); an Earth Engine run, whose exports
+    carry no tags, the sensor's rule."""
+    from leaf_engine import sensors
+    from leaf_engine.catalogue import ObjectEvent, catalogue_object
+    from leaf_engine.naming import item_key, run_record_key
+    from leaf_engine.sinks import LocalSink
+    from tests.support.runs import small_request, write_outputs, write_run
+
+    out, _ = run
+    ee_rule = sensors.mask_rule(sensors.SENSORS["S2_SR"])
+    assert "SCL: scene classification" in ee_rule and "QA60 (where present)" in ee_rule
+    items = list(pystac.Catalog.from_file(str(_root(out))).get_items(recursive=True))
+    assert len(items) == len(MONTHS)
+    for item in items:
+        with rasterio.open(_files(out, item.properties["leaf:period"], "LAI")) as src:
+            tag = src.tags()["mask_rule"]
+        assert item.properties["leaf:mask_rule"] == tag
+        # The example's scenes (composites without SCL) add the water test and the layers they had.
+        assert tag.startswith(f"{ee_rule}; inland water: NDWI") and tag.endswith("(layers present: none, nodata "
+                                                                               "only) [1 scene(s)]")
+
+    sink = LocalSink(tmp_path)
+    req = small_request("f", sensor="S2_SR")
+    record = write_run(sink, req)
+    record["backend"] = "gee"
+    sink.write_json(run_record_key("f", req.request_id), {k: v for k, v in record.items()
+                                                          if k not in ("items", "objects")})
+    write_outputs(sink, record, tmp_path)
+    for i, key in enumerate(record["objects"]):
+        size, md5 = sink.stat(key)
+        catalogue_object(sink, ObjectEvent(key, f"e{i}", size=size, md5_hash=md5))
+    ee_item = sink.read_json(item_key("f", "tile42_911", 2020, "Jul"))[0]
+    assert ee_item["properties"]["leaf:complete"] is True
+    assert ee_item["properties"]["leaf:mask_rule"] == ee_rule
+
+
 def test_pystac_client_opens_the_root(run):
     from pystac_client import Client
 

@@ -35,7 +35,7 @@ from pystac.extensions.version import VersionExtension
 from .. import __version__, products
 from ..errors import LeafError
 from ..naming import CATALOG_DIR, OutputName, collection_key
-from ..sensors import SENSORS
+from ..sensors import SENSORS, request_mask_rule
 from .expectations import ExpectedItem, ExpectedObject
 
 COG_MEDIA_TYPE = str(pystac.MediaType.COG)
@@ -281,6 +281,9 @@ def new_item(exp: ExpectedItem, request_id: str, collection_id: str,
     })
     if req.get("sensor"):
         d["properties"]["leaf:sensor"] = req["sensor"]
+        # Which rule masked: known from the sensor facts (all Earth Engine has to say); a product file's own
+        # mask_rule tag (local engine: the layers its scenes had, the water test) replaces it (records.py).
+        d["properties"]["leaf:mask_rule"] = request_mask_rule(req["sensor"])
     gsd = _resolutions({exp.item_id: exp})
     if len(gsd) == 1:
         d["properties"]["gsd"] = float(gsd[0])
