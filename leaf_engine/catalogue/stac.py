@@ -209,7 +209,8 @@ def _fix_extension_uris(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _with_epsg(fields: dict[str, Any]) -> None:
+def with_epsg(fields: dict[str, Any]) -> None:
+    """``proj:epsg`` beside an ``EPSG:`` ``proj:code`` (what stackstac reads; see the module doc)."""
     code = fields.get("proj:code")
     if isinstance(code, str) and code.upper().startswith("EPSG:"):
         fields["proj:epsg"] = int(code.split(":", 1)[1])
@@ -327,7 +328,7 @@ def _grid(exp: ExpectedObject, full_shape: list[int], full_transform: list[float
         proj.wkt2 = exp.crs
     proj.shape, proj.transform = list(full_shape), list(full_transform)
     fields = {k: v for k, v in holder.to_dict().items() if k.startswith("proj:")}
-    _with_epsg(fields)
+    with_epsg(fields)
     return fields
 
 
