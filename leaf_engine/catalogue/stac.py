@@ -12,7 +12,11 @@ best practices ask of a catalogue that can be moved or served as files); in a bu
 
 Projection: ``proj:code`` with ``proj:shape``/``proj:transform`` on every asset and on the item, under the
 projection extension v1.2.0, which also keeps ``proj:epsg``: stackstac (0.5) reads only ``proj:epsg``, and v1.2.0
-is the one version whose schema accepts both fields (pystac migrates it to v2.0.0 on reading).
+is the one version whose schema accepts both fields (pystac migrates it to v2.0.0 on reading, dropping
+``proj:epsg``: ``leaf_engine.outputs.stackstac_items`` gives stackstac what it reads from pystac's items).
+
+Mask rule: ``leaf:mask_rule`` says which quality rule masked the inputs (``sensors.mask_rule``, the sensor facts);
+a product file's own ``mask_rule`` tag (the local engine's, naming the layers its scenes had) replaces it.
 """
 
 from __future__ import annotations
