@@ -143,6 +143,40 @@ def open_outputs(path: str | Path, products_: Sequence[str] | None = None, *, re
     return out
 
 
+def stackstac_items(items: Iterable[pystac.Item | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """LEAF items as stackstac reads them: ``stackstac.stack(stackstac_items(items))`` needs no hints.
+
+    Items loaded by pystac (``pystac.read_file``, pystac-client) reach stackstac without a CRS it can read:
+    pystac migrates the projection extension to v2.0.0 on reading, which drops ``proj:epsg``, and stackstac
+    (0.5.1, its latest release) reads only ``proj:epsg``, not ``proj:code`` (stackstac issue #262); and it opens
+    asset hrefs as given, while a local catalogue's are relative. So each item comes back as a dict with absolute
+    asset hrefs (where pystac knows the item's location) and ``proj:epsg`` beside ``proj:code`` under projection
+    v1.2.0, as LEAF wrote it. Plain dicts (raw item JSON) pass through with the same ``proj:epsg`` rule."""
+    import copy
+
+    import pystac
+    from pystac.extensions.projection import ProjectionExtension
+
+    from .catalogue.stac import PROJECTION_V1_2, with_epsg
+
+    out = []
+    for item in items:
+        if isinstance(item, pystac.Item):
+            item = item.clone()
+            if item.get_self_href():
+                item.make_asset_hrefs_absolute()
+            d = item.to_dict(include_self_link=False, transform_hrefs=False)
+        else:
+            d = copy.deepcopy(dict(item))
+        with_epsg(d.get("properties", {}))
+        for asset in d.get("assets", {}).values():
+            with_epsg(asset)
+        v2 = ProjectionExtension.get_schema_uri()
+        d["stac_extensions"] = [PROJECTION_V1_2 if u == v2 else u for u in d.get("stac_extensions", [])]
+        out.append(d)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- status
 
 

@@ -118,6 +118,11 @@ Australia NBAR whose pixel quality flags only the sea): Lake Burley Griffin must
 Both bands (common names) are read for every job (they are the compositing score's bands)."""
 
 
+def layers_rule(quality: Sequence[QualityLayer]) -> str:
+    """The rule of a sensor's quality layers in words (optional layers apply where present)."""
+    return "; ".join(f"{q.band}{' (where present)' if q.optional else ''}: {q.why}" for q in quality)
+
+
 @dataclass(frozen=True)
 class Sensor:
     id: str
@@ -479,6 +484,24 @@ def sensor_for_platform(platform: str | None, collection: str | None = None) -> 
             if any(key.startswith(p) for p in s.platforms):
                 return s
     return None
+
+
+def mask_rule(sensor: Sensor, present: Sequence[str] | None = None, water_test: bool = False) -> str:
+    """Which rule masks ``sensor``'s scenes, in the words both executors record (the local ``mask_rule`` tag,
+    the STAC items' ``leaf:mask_rule``): its quality layers (:attr:`Sensor.quality`), the spectral water test where
+    it applied, and (when known: the local engine reads the items) the quality layers a scene actually had."""
+    text = f"{sensor.id}: {layers_rule(sensor.quality) or 'no quality layer: nodata only'}"
+    if water_test:
+        text += f"; inland water: {WATER_TEST.describe()} ({WATER_TEST.cite})"
+    if present is not None:
+        text += f" (layers present: {', '.join(present) or 'none, nodata only'})"
+    return text
+
+
+def request_mask_rule(request_sensor: str) -> str:
+    """:func:`mask_rule` of every member sensor of a request: what the Earth Engine path applies (its
+    collections' quality layers are known, and flag inland water, so no spectral water test)."""
+    return " | ".join(mask_rule(m) for m in members(request_sensor))
 
 
 def sensor_by_qc_code(code: int) -> Sensor:

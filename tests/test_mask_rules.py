@@ -108,6 +108,19 @@ def test_the_water_test_applies_where_no_layer_flags_inland_water(tmp_path: Path
         # The lake's SCL / QA says land here: only the NDWI test catches it.
         assert bool((~clear[:5]).all() if water_test else clear[:5].all()), name
         assert ("NDWI" in scene.mask_rule) is water_test
+        # The same words as the Earth Engine path's rule (sensor facts), then what this item had.
+        assert scene.mask_rule.startswith(sensors.mask_rule(scene.sensor))
+        layers = ", ".join(q.band for q, _ in scene.quality) or "none, nodata only"
+        assert scene.mask_rule.endswith(f"(layers present: {layers})"), name
+
+
+def test_earth_engine_rule_names_every_member_and_layer() -> None:
+    text = sensors.request_mask_rule("LS_SR")
+    parts = text.split(" | ")
+    assert [p.split(":")[0] for p in parts] == ["L8_SR", "L9_SR"]
+    for part in parts:
+        assert "QA_PIXEL: fill, dilated cloud" in part and "QA_RADSAT (where present): radiometric" in part
+        assert "NDWI" not in part and "layers present" not in part
 
 
 def test_canberra_lake_burley_griffin_is_masked(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ _GRID_TOLERANCE = 1e-6
 class FileCheck:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    mask_rule: str | None = None
+    """The file's ``mask_rule`` tag (local engine outputs say which rule masked their scenes; Earth Engine
+    exports carry no tags)."""
 
     @property
     def ok(self) -> bool:
@@ -81,6 +84,7 @@ def check_file(path: Path | str, exp: ExpectedObject, opener: Callable[..., Any]
         # No sidecar probing (.ovr, .aux.xml): outputs are self-contained COGs, and each probe is a request.
         with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(path, opener=opener) as src:
             result.errors += _grid_errors(src, exp)
+            result.mask_rule = src.tags().get("mask_rule") or None
             nodata = src.nodata if src.nodata is not None else exp.nodata
             if src.nodata is None:
                 result.warnings.append(f"no nodata value set in the file (expected {exp.nodata})")

@@ -98,6 +98,8 @@ class _ItemUpdate:
         self.can_publish, self.clock = can_publish, clock
         self.fence = fence or uuid.uuid4().hex
         self.item_objects: list[ExpectedObject] = []
+        self.mask_rule: str | None = None
+        """The file's own mask rule (its tag), which replaces the one from the sensor facts (see new_item)."""
         self.waiting = False
         """Set when the item is complete but another handler's tile-ready claim is still unpublished."""
 
@@ -118,6 +120,9 @@ class _ItemUpdate:
         changed = old != self.entry
         if changed:
             self._put_entry(item, product, key)
+        if self.mask_rule and item["properties"].get("leaf:mask_rule") != self.mask_rule:
+            item["properties"]["leaf:mask_rule"] = self.mask_rule
+            changed = True
         complete = set(self.exp_item.objects) <= _present_ok(item)
         changed |= item["properties"]["leaf:complete"] != complete
         item["properties"]["leaf:complete"] = complete
@@ -282,6 +287,7 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
     update = _ItemUpdate(run, exp_item, exp_obj, entry, event, item_links(sink, ikey, run["out_folder"],
                          run["request_id"]), publisher is not None, clock)
     update.item_objects = expected.item_objects(exp_item.item_id)
+    update.mask_rule = check.mask_rule
     status, complete, claimed = update_json(sink, ikey, update)
     if check.errors:
         logs.error("output file failed its check: " + "; ".join(check.errors), **ctx)

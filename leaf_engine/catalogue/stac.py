@@ -12,7 +12,11 @@ best practices ask of a catalogue that can be moved or served as files); in a bu
 
 Projection: ``proj:code`` with ``proj:shape``/``proj:transform`` on every asset and on the item, under the
 projection extension v1.2.0, which also keeps ``proj:epsg``: stackstac (0.5) reads only ``proj:epsg``, and v1.2.0
-is the one version whose schema accepts both fields (pystac migrates it to v2.0.0 on reading).
+is the one version whose schema accepts both fields (pystac migrates it to v2.0.0 on reading, dropping
+``proj:epsg``: ``leaf_engine.outputs.stackstac_items`` gives stackstac what it reads from pystac's items).
+
+Mask rule: ``leaf:mask_rule`` says which quality rule masked the inputs (``sensors.mask_rule``, the sensor facts);
+a product file's own ``mask_rule`` tag (the local engine's, naming the layers its scenes had) replaces it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pystac.extensions.version import VersionExtension
 from .. import __version__, products
 from ..errors import LeafError
 from ..naming import CATALOG_DIR, OutputName, collection_key
-from ..sensors import SENSORS
+from ..sensors import SENSORS, request_mask_rule
 from .expectations import ExpectedItem, ExpectedObject
 
 COG_MEDIA_TYPE = str(pystac.MediaType.COG)
@@ -209,7 +213,8 @@ def _fix_extension_uris(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _with_epsg(fields: dict[str, Any]) -> None:
+def with_epsg(fields: dict[str, Any]) -> None:
+    """``proj:epsg`` beside an ``EPSG:`` ``proj:code`` (what stackstac reads; see the module doc)."""
     code = fields.get("proj:code")
     if isinstance(code, str) and code.upper().startswith("EPSG:"):
         fields["proj:epsg"] = int(code.split(":", 1)[1])
@@ -281,6 +286,9 @@ def new_item(exp: ExpectedItem, request_id: str, collection_id: str,
     })
     if req.get("sensor"):
         d["properties"]["leaf:sensor"] = req["sensor"]
+        # Which rule masked: known from the sensor facts (all Earth Engine has to say); a product file's own
+        # mask_rule tag (local engine: the layers its scenes had, the water test) replaces it (records.py).
+        d["properties"]["leaf:mask_rule"] = request_mask_rule(req["sensor"])
     gsd = _resolutions({exp.item_id: exp})
     if len(gsd) == 1:
         d["properties"]["gsd"] = float(gsd[0])
@@ -324,7 +332,7 @@ def _grid(exp: ExpectedObject, full_shape: list[int], full_transform: list[float
         proj.wkt2 = exp.crs
     proj.shape, proj.transform = list(full_shape), list(full_transform)
     fields = {k: v for k, v in holder.to_dict().items() if k.startswith("proj:")}
-    _with_epsg(fields)
+    with_epsg(fields)
     return fields
 
 

@@ -94,6 +94,5 @@ def describe_masks(scenes: Sequence[Scene]) -> str:
     with the number of scenes it applied to)."""
     counts: dict[str, int] = {}
     for s in scenes:
-        rule = f"{s.sensor.id}: {s.mask_rule}"
-        counts[rule] = counts.get(rule, 0) + 1
+        counts[s.mask_rule] = counts.get(s.mask_rule, 0) + 1
     return " | ".join(f"{rule} [{n} scene(s)]" for rule, n in counts.items()) or "no scenes"

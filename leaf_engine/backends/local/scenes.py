@@ -31,9 +31,9 @@ from ...sensors import (
     STAC_VIEW_AZIMUTH,
     VIEW_AZIMUTH_PROPERTIES,
     VIEW_ZENITH_PROPERTIES,
-    WATER_TEST,
     QualityLayer,
     Sensor,
+    mask_rule,
     members,
     sensor_for_platform,
 )
@@ -90,10 +90,7 @@ class Scene:
     @property
     def mask_rule(self) -> str:
         """Which rule masked this scene, for the outputs' metadata."""
-        parts = [f"{q.band}: {q.why}" for q, _ in self.quality] or ["no quality layer: nodata only"]
-        if self.water_test:
-            parts.append(f"inland water: {WATER_TEST.describe()} ({WATER_TEST.cite})")
-        return "; ".join(parts)
+        return mask_rule(self.sensor, [q.band for q, _ in self.quality], self.water_test)
 
     @property
     def date(self) -> date:
