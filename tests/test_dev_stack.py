@@ -172,3 +172,24 @@ def test_readme_cloud_trial_earth_engine_stand_in():
             assert len(blobs) == 12
             with rasterio.MemoryFile(blobs[0].download_as_bytes()) as mem, mem.open() as ds:
                 assert ds.crs.to_epsg() == 32631 and ds.width > 0 and ds.count == 1
+
+
+def test_dev_stack_tasks_advance_and_an_unwritable_export_fails_once():
+    """The dev stack's Earth Engine workers: PENDING → RUNNING → SUCCEEDED (files written), or FAILED with the
+    reason when the export's files cannot be made (not an error on every step)."""
+    from tests.support.ee_standin import EEStandIn
+    from tests.support.emulators import _advance_exports
+
+    written: list[str] = []
+    standin = EEStandIn(writer=lambda bucket, key, data: written.append(key))
+    _, op = standin._start_export("leaf-test", {"expression": {}, "fileExportOptions": {
+        "cloudStorageDestination": {"bucket": "b", "filenamePrefix": "f/r/2018/r_2018_Jul_LAI_20m"}}})
+    task_id = op["name"].rsplit("/", 1)[-1]
+    step = _advance_exports(standin, 0.0)
+    step()
+    assert standin.task_ids("RUNNING") == [task_id]
+    step()  # the body has no graph to size its GeoTIFF from: the export fails with the reason
+    assert standin.task_ids("FAILED") == [task_id] and not written
+    assert "could not write this export" in standin.operations[op["name"]]["error"]["message"]
+    step()
+    assert standin.task_ids("FAILED") == [task_id]

@@ -409,7 +409,8 @@ def _every(period_s: float, stop: threading.Event, step: Callable[[], None], nam
 
 def _advance_exports(standin: EEStandIn, state_s: float) -> Callable[[], None]:
     """Play Earth Engine's batch workers on the stand-in: each export stays ``state_s`` PENDING, then ``state_s``
-    RUNNING, then succeeds, writing its real GeoTIFF(s) into fake-gcs-server (finalize events follow)."""
+    RUNNING, then succeeds, writing its real GeoTIFF(s) into fake-gcs-server (finalize events follow). An export
+    whose files cannot be made ends FAILED with the reason, which ``leaf status`` then shows."""
     seen: dict[tuple[str, str], float] = {}
 
     def step() -> None:
@@ -417,7 +418,10 @@ def _advance_exports(standin: EEStandIn, state_s: float) -> Callable[[], None]:
         for state, advance in (("RUNNING", standin.succeed), ("PENDING", standin.run)):
             for task_id in standin.task_ids(state):
                 if now - seen.setdefault((task_id, state), now) >= state_s:
-                    advance(task_id)
+                    try:
+                        advance(task_id)
+                    except Exception as e:  # once, not on every step
+                        standin.fail(task_id, f"the stand-in could not write this export: {type(e).__name__}: {e}")
     return step
 
 
