@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,10 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.support.ee_standin import EEStandIn
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "leaf-test"
@@ -359,6 +364,16 @@ def service_stack(emu: Emulators, backend: str = "external", extra_env: dict[str
 DEV_BUCKET = "leaf-dev"
 
 
+DEV_SCENES = REPO / "examples" / "data" / "bouconne-2018" / "catalog.json"
+"""The local backend's scenes in the dev stack: the README's example area (Bouconne, 2018)."""
+DEV_RECONCILE_TOPIC = "leaf-reconcile"
+DEV_RUN_FINISHED_TOPIC = "leaf-run-finished"
+DEV_EE_STATE_S = 2.0
+"""How long each dev-stack export stays PENDING, then RUNNING, before it succeeds."""
+DEV_TICK_S = 5.0
+"""How often the dev stack publishes a reconcile tick (Cloud Scheduler does every 5 minutes when deployed)."""
+
+
 def _shell_exports(env: dict[str, str], requests_topic: str, tile_ready_topic: str) -> str:
     import shlex
 
@@ -366,12 +381,68 @@ def _shell_exports(env: dict[str, str], requests_topic: str, tile_ready_topic: s
     lines = [f"export {k}={shlex.quote(env[k])}" for k in names]
     lines.append(f"export LEAF_REQUESTS_TOPIC={shlex.quote(requests_topic)}")
     lines.append(f"export LEAF_TILE_READY_TOPIC={shlex.quote(tile_ready_topic)}")
+    # gee: what `leaf reconcile` / `leaf cancel` and a run-finished subscriber need in the other shell
+    for k in ("LEAF_EE_URL", "LEAF_RECONCILE_TOPIC", "LEAF_RUN_FINISHED_TOPIC"):
+        if k in env:
+            lines.append(f"export {k}={shlex.quote(env[k])}")
     return "\n".join(lines)
+
+
+def _gcs_writer(bucket: str, key: str, data: bytes) -> None:
+    from google.cloud import storage
+
+    storage.Client().bucket(bucket).blob(key).upload_from_string(data, content_type="image/tiff")
+
+
+def _every(period_s: float, stop: threading.Event, step: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``step`` every ``period_s`` until ``stop`` is set; a failing step is reported, the loop goes on."""
+    def loop() -> None:
+        while not stop.wait(period_s):
+            try:
+                step()
+            except Exception as e:  # a dev-stack helper: keep serving, say what went wrong
+                print(f"# {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _advance_exports(standin: EEStandIn, state_s: float) -> Callable[[], None]:
+    """Play Earth Engine's batch workers on the stand-in: each export stays ``state_s`` PENDING, then ``state_s``
+    RUNNING, then succeeds, writing its real GeoTIFF(s) into fake-gcs-server (finalize events follow). An export
+    whose files cannot be made ends FAILED with the reason, which ``leaf status`` then shows."""
+    seen: dict[tuple[str, str], float] = {}
+
+    def step() -> None:
+        now = time.monotonic()
+        for state, advance in (("RUNNING", standin.succeed), ("PENDING", standin.run)):
+            for task_id in standin.task_ids(state):
+                if now - seen.setdefault((task_id, state), now) >= state_s:
+                    try:
+                        advance(task_id)
+                    except Exception as e:  # once, not on every step
+                        standin.fail(task_id, f"the stand-in could not write this export: {type(e).__name__}: {e}")
+    return step
+
+
+def _reconcile_tick(topic: str, buckets: list[str]) -> Callable[[], None]:
+    """Publish one reconcile tick per bucket, as Cloud Scheduler does when deployed."""
+    import json
+
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+
+    def step() -> None:
+        for b in buckets:
+            publisher.publish(topic, json.dumps({"bucket": b}).encode()).result(timeout=30)
+    return step
 
 
 def _serve_forever() -> None:
     """``python -m tests.support.emulators [--backend external|gee|local] [--bucket B ...] [--json]``: run the
-    whole service on this machine (Pub/Sub emulator, fake-gcs-server, both functions over HTTP).
+    whole service on this machine (Pub/Sub emulator, fake-gcs-server, both functions over HTTP; with ``gee``
+    also the Earth Engine stand-in, completing exports on its own, and ``reconcile_runs`` fed by reconcile ticks).
 
     Needs what ``./scripts/test`` installs (requirements-dev.txt: fake-gcs-server) and, on the machine, gcloud with
     its Pub/Sub emulator component and Java; ``./scripts/dev-stack`` installs the former and runs this.
@@ -385,8 +456,10 @@ def _serve_forever() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.support.emulators")
     parser.add_argument("--backend", default="local", choices=["external", "gee", "local"],
                         help="local (default): the functions run the embedded engine and write real COGs into "
-                             "fake-gcs; gee: exports go to the Earth Engine stand-in; external: nothing is "
-                             "produced, you upload the files")
+                             "fake-gcs; gee: exports go to the Earth Engine stand-in, which completes each "
+                             "after a few seconds (real GeoTIFFs into fake-gcs), and reconcile_runs, ticked every "
+                             f"{DEV_TICK_S:.0f} s, ends the run; external: nothing is produced, you upload the "
+                             "files")
     parser.add_argument("--bucket", action="append", default=[],
                         help=f"bucket(s) to create in fake-gcs-server (default: {DEV_BUCKET})")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of export lines")
@@ -403,13 +476,25 @@ def _serve_forever() -> None:
             create_bucket(emu, b)
         extra: dict[str, str] = {}
         standin = None
+        stop = threading.Event()
+        if args.backend == "local":  # the deployment's scene source (a cloud request names no local file)
+            extra["LEAF_STAC_API"] = os.environ.get("LEAF_STAC_API") or str(DEV_SCENES)
         if args.backend == "gee":
             from tests.support.ee_standin import EEStandIn
 
-            standin = EEStandIn().start()
+            standin = EEStandIn(writer=_gcs_writer).start()
             extra["LEAF_EE_URL"] = standin.url
+            extra["LEAF_RUN_FINISHED_TOPIC"] = create_topic(emu, DEV_RUN_FINISHED_TOPIC)
         try:
-            with service_stack(emu, args.backend, extra) as stack:
+            with service_stack(emu, args.backend, extra) as stack, ExitStack() as more:
+                if standin is not None:  # the Earth Engine run's end: reconcile_runs on its topic, ticked
+                    reconcile_topic = create_topic(emu, DEV_RECONCILE_TOPIC)
+                    rec_url = more.enter_context(function_server(emu, "reconcile_runs", stack.env))
+                    create_subscription(emu, reconcile_topic, f"push-reconcile-{os.urandom(3).hex()}",
+                                        push_endpoint=f"{rec_url}/{reconcile_topic}")
+                    stack.env["LEAF_RECONCILE_TOPIC"] = reconcile_topic
+                    _every(0.5, stop, _advance_exports(standin, DEV_EE_STATE_S), "ee-stand-in tasks")
+                    _every(DEV_TICK_S, stop, _reconcile_tick(reconcile_topic, buckets), "reconcile ticks")
                 if args.json:
                     print(json.dumps({"env": stack.env, "requests_topic": stack.requests_topic,
                                       "tile_ready_topic": stack.tile_ready_topic, "buckets": buckets,
@@ -426,6 +511,7 @@ def _serve_forever() -> None:
                 except KeyboardInterrupt:
                     pass
         finally:
+            stop.set()
             if standin is not None:
                 standin.stop()
     finally:
