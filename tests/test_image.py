@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from leaf_engine.catalogue import ExpectedObject
+from leaf_engine.catalogue.expectations import record_expectations
 from leaf_engine.naming import run_record_key
 from leaf_engine.sinks import GcsSink
 from tests.support.emulators import (
@@ -252,14 +252,14 @@ def test_replayed_image_serves_each_target(image: Image, emulators: Emulators):
         # catalogue_output: the outputs Earth Engine would write, each announced as Eventarc delivers it.
         with serve(image, "catalogue_output", env) as catalogue:
             servers["catalogue_output"] = catalogue
-            record = _record(sink, folders["ce"], ids["ce"])
+            expected = record_expectations(_record(sink, folders["ce"], ids["ce"])).objects  # a compact record
             with tempfile.TemporaryDirectory() as tmp:
-                for key, obj in record["objects"].items():
-                    sink.put_bytes(key, geotiff_bytes(ExpectedObject.from_dict(obj), Path(tmp)), "image/tiff")
+                for key, obj in expected.items():
+                    sink.put_bytes(key, geotiff_bytes(obj, Path(tmp)), "image/tiff")
             from google.cloud import storage
 
             for blob in storage.Client(project=emulators.project).list_blobs(BUCKET, prefix=folders["ce"]):
-                if blob.name not in record["objects"]:
+                if blob.name not in expected:
                     continue
                 data = {"bucket": BUCKET, "name": blob.name, "generation": str(blob.generation),
                         "size": str(blob.size), "md5Hash": blob.md5_hash, "contentType": blob.content_type}

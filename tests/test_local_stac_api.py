@@ -110,9 +110,18 @@ def test_api_errors_are_typed_and_say_what_to_do(apis):
                                         ("planetary-computer", "canberra-1992-l5")])
 def test_examples_through_the_api_on_worker_processes_equal_the_threaded_run(apis, cluster, threaded, shape, name,
                                                                              tmp_path):
-    produce(_request(name, scenes=apis[shape]), out_dir=tmp_path, dask_address=cluster, progress=False,
+    produce(_request(name, scenes=apis[shape]), out_dir=tmp_path / "workers", dask_address=cluster, progress=False,
             quicklooks=False, block_size=64)
-    got, want = _arrays(tmp_path), threaded[name]
+    got = _arrays(tmp_path / "workers")
+    if shape == "planetary-computer" and name.startswith("canberra"):
+        # Reshaped as a USGS Collection 2 item, the scene's QA_PIXEL is trusted to flag water (bit 7), so the
+        # NDWI water test of non-USGS products (the catalogue file's Geoscience Australia NBAR) does not apply:
+        # the reference is the same items on threads.
+        produce(_request(name, scenes=apis[shape]), out_dir=tmp_path / "threads", progress=False,
+                quicklooks=False, block_size=64)
+        want = _arrays(tmp_path / "threads")
+    else:
+        want = threaded[name]
     assert got.keys() == want.keys() and len(got) >= 6
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
