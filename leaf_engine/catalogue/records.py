@@ -3,6 +3,14 @@ and announce the item once it is complete.
 
 Called by the ``catalogue_output`` function for every OBJECT_FINALIZE event and by the local backend after it
 writes its files, so both paths build the same manifests.
+
+A complete item whose file (or shard) is later replaced by a generation that fails its check becomes incomplete:
+the item records the problem, the collection says ``partial`` with the errors and marks the item degraded, and the
+run record mirrors that under ``degraded`` while keeping its state (a SUCCEEDED run stays SUCCEEDED with its one
+run-finished message; ``leaf status`` shows the damage). Tile-ready stays once per item and request: a published
+announcement is not repeated when a good generation completes the item again (consumers dedupe on
+``tile_ready_id`` anyway, and follow content changes through the item), while a claim not yet published is
+withdrawn so an incomplete item is never announced. Older generations are stale and never undo newer files.
 """
 
 from __future__ import annotations
