@@ -656,13 +656,16 @@ def resume_run(sink: Sink, out_folder: str, request_id: str, *, backend: TaskBac
         raise LeafError(f"run {request_id} has no Earth Engine tasks ({current.backend} backend): re-send its "
                         "request instead (rerun skip_existing skips complete items)")
     present = present_objects(sink, [k for t in current.tasks if t.state == T_COMPLETE for k in t.objects])
-    lost = {t.key for t in current.tasks if t.state == T_COMPLETE and any(k not in present for k in t.objects)}
+    bad = {k for d in current.degraded.values() for k in d.problems}  # replaced since by files failing the check
+    lost = {t.key for t in current.tasks if t.state == T_COMPLETE
+            and any(k not in present or k in bad for k in t.objects)}
     token = uuid.uuid4().hex
 
     def mutate(r: RunRecord | None) -> tuple[RunRecord | None, RunRecord]:
         assert r is not None
         if r.state == "SUCCEEDED" and not lost:
-            raise LeafError(f"run {request_id} SUCCEEDED and every object is present: nothing to resume")
+            raise LeafError(f"run {request_id} SUCCEEDED and every object is present and passes its check: "
+                            "nothing to resume")
         if r.state in ACTIVE and r.lease_token and r.lease_until > clock():
             raise LeafError(f"run {request_id} is being reconciled right now; try again in a few minutes")
         again = (T_FAILED, T_CANCELLED)

@@ -649,6 +649,7 @@ def run_status(sink: Sink, request_id: str, out_folder: str = "") -> dict[str, A
         "missing": [k for k in expected if k not in present],
         "items": items, "complete_items": sorted(k for k, s in items.items() if s in (COMPLETE, SKIPPED)),
         "problems": problems, "errors": record.errors, "finished": record.finished,
+        "degraded": {k: v.model_dump(mode="json") for k, v in record.degraded.items()},
         "record": sink.uri(run_record_key(out_folder, request_id)),
     }
 

@@ -270,3 +270,189 @@ def test_a_later_run_of_the_same_item_takes_it_over(sink: LocalSink, tmp_path: P
         catalogue_object(sink, _event(sink, k, f"b{i}"), publisher=pub)
     assert [json.loads(m[0])["request_id"] for m in pub.messages] == [first["request_id"], "second"]
     assert _item(sink, "f")["properties"]["leaf:request_id"] == "second"
+
+
+def _collection(sink: LocalSink, request_id: str) -> dict:
+    got = sink.read_json(collection_key("f", request_id))
+    assert got is not None
+    return got[0]
+
+
+def _run(sink: LocalSink, request_id: str) -> dict:
+    got = sink.read_json(run_record_key("f", request_id))
+    assert got is not None
+    return got[0]
+
+
+def _catalogue_all(sink: LocalSink, keys: list[str], pub: RecordingPublisher | None, tag: str) -> None:
+    for i, k in enumerate(keys):
+        catalogue_object(sink, _event(sink, k, f"{tag}{i}", generation=sink.generation(k)), publisher=pub)
+
+
+def test_a_bad_overwrite_of_a_complete_item_shows_in_item_collection_and_run(sink: LocalSink, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """good → complete (SUCCEEDED, one tile-ready) → one file replaced by a bad one: the item is incomplete with
+    the problem, the collection says partial with the reason and degraded, the run stays SUCCEEDED and records
+    the item under ``degraded`` (leaf status shows it, exit 1) → good again: all clear, still one tile-ready."""
+    from leaf_engine.cli import main
+    from leaf_engine.service import run_status
+
+    req = small_request("f")
+    record = write_run(sink, req)
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    pub = RecordingPublisher()
+    _catalogue_all(sink, keys, pub, "e")
+    item_id = "tile42_911_2020_Jul"
+    assert _item(sink, "f")["properties"]["leaf:complete"] and len(pub.messages) == 1
+    assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "complete"}
+    assert _run(sink, req.request_id)["state"] == "SUCCEEDED"
+
+    bad = keys[1]
+    write_outputs(sink, record, tmp_path, [bad], width=299)  # a new generation, one column short
+    result = catalogue_object(sink, _event(sink, bad, "bad", generation=sink.generation(bad)), publisher=pub)
+    assert result.status == "recorded" and not result.complete and not result.published
+    props = _item(sink, "f")["properties"]
+    assert not props["leaf:complete"]
+    assert "size is 299x300 px" in props["leaf:problems"][bad]["errors"][0]
+    coll = _collection(sink, req.request_id)
+    assert coll["leaf:items"] == {item_id: "partial"}
+    assert list(coll["leaf:item_problems"][item_id]) == [bad]
+    assert "299x300" in coll["leaf:item_problems"][item_id][bad][0]
+    assert item_id in coll["leaf:degraded"]
+    pystac.Collection.from_dict(coll)  # still a valid collection
+    run = _run(sink, req.request_id)
+    assert run["state"] == "SUCCEEDED" and len(run["history"]) == len(record["history"]) + 1  # no new state
+    assert run["degraded"][item_id]["since"] == coll["leaf:degraded"][item_id]
+    assert run["degraded"][item_id]["problems"] == coll["leaf:item_problems"][item_id]
+    report = run_status(sink, req.request_id, "f")
+    assert report["state"] == "SUCCEEDED" and report["complete_items"] == [] and item_id in report["degraded"]
+    capsys.readouterr()
+    assert main(["status", req.request_id, "--out", str(tmp_path / "out"), "--folder", "f"]) == 1
+    out = capsys.readouterr()
+    assert "SUCCEEDED, DEGRADED: 1 item(s) no longer complete" in out.out and "299x300" in out.out
+    assert "degraded" in out.err
+    # a redelivery of the bad event changes nothing and announces nothing
+    catalogue_object(sink, _event(sink, bad, "bad", generation=sink.generation(bad)), publisher=pub)
+    assert len(pub.messages) == 1 and _run(sink, req.request_id)["degraded"][item_id] == run["degraded"][item_id]
+
+    write_outputs(sink, record, tmp_path, [bad])  # a good generation completes it again
+    result = catalogue_object(sink, _event(sink, bad, "fix", generation=sink.generation(bad)), publisher=pub)
+    assert result.complete and not result.published and len(pub.messages) == 1  # announced once per item
+    props = _item(sink, "f")["properties"]
+    assert props["leaf:complete"] and bad not in props["leaf:problems"]
+    assert props["leaf:tile_ready"]["state"] == "published"
+    coll = _collection(sink, req.request_id)
+    assert coll["leaf:items"] == {item_id: "complete"} and coll["leaf:item_problems"] == {}
+    assert coll["leaf:degraded"] == {}
+    run = _run(sink, req.request_id)
+    assert run["state"] == "SUCCEEDED" and run["degraded"] == {}
+    assert main(["status", req.request_id, "--out", str(tmp_path / "out"), "--folder", "f"]) == 0
+
+
+def test_a_bad_shard_degrades_the_item_and_its_late_older_event_undoes_nothing(sink: LocalSink,
+                                                                              tmp_path: Path) -> None:
+    """One shard of a sharded file goes bad, then is fixed; the late event of the bad generation is stale."""
+    req = small_request("f")
+    record = write_run(sink, req, shards=2)
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    pub = RecordingPublisher()
+    _catalogue_all(sink, keys, pub, "e")
+    item_id = "tile42_911_2020_Jul"
+    assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "complete"} and len(pub.messages) == 1
+
+    shard = next(k for k in keys if record["objects"][k]["shard"] == [150, 150])
+    sink.put_bytes(shard, b"not a geotiff")
+    bad_gen = sink.generation(shard)
+    catalogue_object(sink, _event(sink, shard, "bad", generation=bad_gen), publisher=pub)
+    assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "partial"}
+    assert "not a readable GeoTIFF" in _run(sink, req.request_id)["degraded"][item_id]["problems"][shard][0]
+
+    write_outputs(sink, record, tmp_path, [shard])
+    catalogue_object(sink, _event(sink, shard, "fix", generation=sink.generation(shard)), publisher=pub)
+    late = catalogue_object(sink, ObjectEvent(shard, "bad-late", generation=bad_gen), publisher=pub)
+    assert late.status == "stale"
+    assert _item(sink, "f")["properties"]["leaf:complete"]
+    coll = _collection(sink, req.request_id)
+    assert coll["leaf:items"] == {item_id: "complete"} and coll["leaf:degraded"] == {}
+    assert _run(sink, req.request_id)["degraded"] == {} and len(pub.messages) == 1
+
+
+def test_a_bad_file_whose_event_comes_after_the_fix_is_stale(sink: LocalSink, tmp_path: Path) -> None:
+    """Bad generation written, good one written over it, then both events in reverse order: nothing degrades."""
+    req = small_request("f")
+    record = write_run(sink, req)
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    pub = RecordingPublisher()
+    _catalogue_all(sink, keys, pub, "e")
+    write_outputs(sink, record, tmp_path, [keys[0]], width=299)
+    bad_gen = sink.generation(keys[0])
+    write_outputs(sink, record, tmp_path, [keys[0]])
+    assert catalogue_object(sink, _event(sink, keys[0], "good", generation=sink.generation(keys[0])),
+                            publisher=pub).complete
+    assert catalogue_object(sink, ObjectEvent(keys[0], "bad", generation=bad_gen), publisher=pub).status == "stale"
+    assert _collection(sink, req.request_id)["leaf:items"] == {"tile42_911_2020_Jul": "complete"}
+    assert _run(sink, req.request_id)["degraded"] == {} and len(pub.messages) == 1
+
+
+def test_collection_follows_the_item_whatever_order_handlers_finish_in(sink: LocalSink, tmp_path: Path) -> None:
+    """A handler whose view of the item is out of date (it read before a later handler wrote) does not write
+    that view into the collection: it writes the item as it is now, in both directions."""
+    from leaf_engine.catalogue import records
+
+    req = small_request("f")
+    record = write_run(sink, req)
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    _catalogue_all(sink, keys, RecordingPublisher(), "e")
+    run = _run(sink, req.request_id)
+    exp = expectations(req, make_plan(req))
+    item_id = "tile42_911_2020_Jul"
+    ikey = item_key("f", "tile42_911", 2020, "Jul")
+    coll_href = records.href(sink, ikey, collection_key("f", req.request_id))
+
+    late_partial = records._update_collection(sink, run, item_id, ("partial", {}), ikey, coll_href, *exp)
+    assert late_partial.status == "complete" and not late_partial.mirror
+    assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "complete"}
+
+    write_outputs(sink, record, tmp_path, [keys[0]], width=299)
+    catalogue_object(sink, _event(sink, keys[0], "bad", generation=sink.generation(keys[0])))
+    late_complete = records._update_collection(sink, run, item_id, ("complete", {}), ikey, coll_href, *exp)
+    assert late_complete.status == "partial" and late_complete.degraded and not late_complete.mirror
+    assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "partial"}
+    assert item_id in _run(sink, req.request_id)["degraded"]
+
+
+def test_a_pending_tile_ready_claim_is_withdrawn_when_the_item_becomes_incomplete(sink: LocalSink,
+                                                                                  tmp_path: Path) -> None:
+    """A handler claimed the announcement of a complete item, then a bad file made it incomplete before the
+    publish: its claim is withdrawn (so its fence fails); the good file that completes it again announces it."""
+    import time
+
+    record = write_run(sink, small_request("f"))
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    pub = RecordingPublisher()
+    _catalogue_all(sink, keys, None, "e")  # complete, but without a publisher: nothing announced
+    pub_keys = keys[:1]
+    ikey = item_key("f", "tile42_911", 2020, "Jul")
+    item, gen = sink.read_json(ikey)  # type: ignore[misc]
+    item["properties"]["leaf:tile_ready"] = {"state": "claimed", "by": "slow-handler", "claimed_at": time.time()}
+    sink.write_json(ikey, item, if_generation_match=gen)
+    write_outputs(sink, record, tmp_path, pub_keys, width=299)
+    catalogue_object(sink, _event(sink, keys[0], "bad", generation=sink.generation(keys[0])), publisher=pub)
+    assert _item(sink, "f")["properties"]["leaf:tile_ready"] is None
+    assert records_fence(sink, ikey, "slow-handler") is None  # the slow handler may not publish
+    write_outputs(sink, record, tmp_path, pub_keys)
+    fixed = catalogue_object(sink, _event(sink, keys[0], "fix", generation=sink.generation(keys[0])), publisher=pub)
+    assert fixed.published and len(pub.messages) == 1
+
+
+def records_fence(sink: LocalSink, ikey: str, token: str) -> dict | None:
+    import time
+
+    from leaf_engine.catalogue import records
+
+    return records._fence_publish(sink, ikey, token, time.time)

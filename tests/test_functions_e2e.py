@@ -197,6 +197,47 @@ def test_repeated_finalize_events_publish_once_and_lose_nothing(stack: Stack) ->
     assert len(handled) >= 55  # the 55 finalize events really reached the catalogue
 
 
+def test_a_bad_overwrite_degrades_a_complete_item_until_a_good_file_fixes_it(stack: Stack) -> None:
+    """Through the functions: complete (SUCCEEDED, one tile-ready) → one file overwritten by a bad one → the item,
+    the collection and the run record show it → a good file again → complete, cleared, still one tile-ready."""
+    from leaf_engine.request import parse_request
+
+    folder = f"e2e/{uuid.uuid4().hex[:8]}"
+    raw = {**_request(folder), "months": [7]}
+    req = parse_request(raw)
+    ready = stack.ready_subscription()
+    stack.publish(json.dumps(raw).encode())
+    record = stack.wait_record(folder, req.request_id, "PROCESSING")
+    stack.upload_outputs(record)
+    stack.wait_record(folder, req.request_id, "SUCCEEDED")
+    assert len(_pull(ready, expect=1)) == 1
+    item_id, ikey = "tile42_911_2020_Jul", item_key(folder, "tile42_911", 2020, "Jul")
+    ckey = collection_key(folder, req.request_id)
+
+    def collection() -> dict:
+        return stack.sink.read_json(ckey)[0]  # type: ignore[index]
+
+    bad = next(iter(record["objects"]))
+    stack.sink.put_bytes(bad, b"not a geotiff", "image/tiff")
+    wait_for(lambda: collection()["leaf:items"][item_id] == "partial", 60, "the collection to say partial")
+    item, _ = stack.sink.read_json(ikey)  # type: ignore[misc]
+    assert not item["properties"]["leaf:complete"]
+    assert "not a readable GeoTIFF" in item["properties"]["leaf:problems"][bad]["errors"][0]
+    assert bad in collection()["leaf:item_problems"][item_id] and item_id in collection()["leaf:degraded"]
+    wait_for(lambda: item_id in (stack.run_record(folder, req.request_id) or {}).get("degraded", {}), 30,
+             "the run record to list the degraded item")
+    assert stack.run_record(folder, req.request_id)["state"] == "SUCCEEDED"  # type: ignore[index]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stack.sink.put_bytes(bad, geotiff_bytes(ExpectedObject.from_dict(record["objects"][bad]), Path(tmp)),
+                             "image/tiff")
+    wait_for(lambda: collection()["leaf:items"][item_id] == "complete", 60, "the collection to say complete")
+    wait_for(lambda: (stack.run_record(folder, req.request_id) or {}).get("degraded") == {}, 30,
+             "the run record to clear the degraded item")
+    assert collection()["leaf:degraded"] == {} and collection()["leaf:item_problems"] == {}
+    assert _pull(ready, expect=0) == []  # complete again, announced once already
+
+
 def test_duplicate_request_starts_nothing(stack: Stack) -> None:
     from leaf_engine.request import parse_request
 

@@ -435,3 +435,41 @@ def test_operations_missing_from_the_listing_are_read_one_by_one(world: World) -
     assert world.record().state == "SUCCEEDED"
     gets = [r for r in world.ee.requests if r.method == "GET" and r.path.endswith(f"/operations/{hidden}")]
     assert len(gets) == 1
+
+
+def test_resume_re_exports_a_file_replaced_by_a_bad_one(world: World) -> None:
+    """A SUCCEEDED run whose file was later replaced by one failing its check is degraded, not ended again;
+    ``leaf resume`` re-exports only that file, and its good generation clears the degradation."""
+    from leaf_engine.catalogue import ObjectEvent, catalogue_object
+    from leaf_engine.naming import collection_key
+
+    def catalogue(key: str, event_id: str) -> None:
+        catalogue_object(world.sink, ObjectEvent(key, event_id, generation=world.sink.generation(key)))
+
+    world.publish(_raw())
+    world.ee.succeed_all()
+    world.reconcile()
+    rec = world.record()
+    assert rec.state == "SUCCEEDED"
+    objects = [k for t in rec.tasks for k in t.objects]
+    for i, key in enumerate(objects):
+        catalogue(key, f"e{i}")
+    with pytest.raises(LeafError, match="nothing to resume"):
+        reconcile.resume_run(world.sink, FOLDER, rec.request_id, backend=world.tasks, config=FAST)
+    bad = objects[0]
+    world.sink.put_bytes(bad, b"truncated", "image/tiff")
+    catalogue(bad, "bad")
+    rec = world.record()
+    assert rec.state == "SUCCEEDED" and list(rec.degraded) and bad in next(iter(rec.degraded.values())).problems
+
+    exports = len(world.ee.exports)
+    outcome = reconcile.resume_run(world.sink, FOLDER, rec.request_id, backend=world.tasks,
+                                   publisher=world.finished, config=FAST)
+    assert outcome.started == 1 and len(world.ee.exports) == exports + 1
+    world.ee.succeed_all()
+    catalogue(bad, "fix")
+    world.reconcile()
+    rec = world.record()
+    assert rec.state == "SUCCEEDED" and rec.attempt == 2 and rec.degraded == {}
+    coll = world.sink.read_json(collection_key(FOLDER, rec.request_id))
+    assert coll is not None and set(coll[0]["leaf:items"].values()) == {"complete"}

@@ -3,6 +3,14 @@ and announce the item once it is complete.
 
 Called by the ``catalogue_output`` function for every OBJECT_FINALIZE event and by the local backend after it
 writes its files, so both paths build the same manifests.
+
+A complete item whose file (or shard) is later replaced by a generation that fails its check becomes incomplete:
+the item records the problem, the collection says ``partial`` with the errors and marks the item degraded, and the
+run record mirrors that under ``degraded`` while keeping its state (a SUCCEEDED run stays SUCCEEDED with its one
+run-finished message; ``leaf status`` shows the damage). Tile-ready stays once per item and request: a published
+announcement is not repeated when a good generation completes the item again (consumers dedupe on
+``tile_ready_id`` anyway, and follow content changes through the item), while a claim not yet published is
+withdrawn so an incomplete item is never announced. Older generations are stale and never undo newer files.
 """
 
 from __future__ import annotations
@@ -23,7 +31,19 @@ from . import tile_ready
 from .check import check_object
 from .concurrency import update_json
 from .expectations import ExpectedItem, ExpectedObject
-from .runs import CANCELLED, CLAIMED, PROCESSING, QUEUED, SUCCEEDED, run_expectations, run_for_object, set_state
+from .runs import (
+    CANCELLED,
+    CLAIMED,
+    PROCESSING,
+    QUEUED,
+    SUCCEEDED,
+    DegradedItem,
+    RunRecord,
+    run_expectations,
+    run_for_object,
+    set_state,
+    update_run,
+)
 from .stac import href, item_grid_fields, item_links, new_collection, new_item, now_iso, product_asset, shard_entry
 
 COMPLETE, PARTIAL, SKIPPED, PENDING = "complete", "partial", "skipped", "pending"
@@ -61,6 +81,12 @@ def _present_ok(item: dict[str, Any]) -> set[str]:
         for s in a.get("leaf:shards", [])
         if not s.get("leaf:check", {}).get("errors")
     }
+
+
+def _item_errors(item: dict[str, Any]) -> dict[str, list[str]]:
+    """Object key → check errors, for the objects of the item whose file failed its check."""
+    return {k: list(p["errors"]) for k, p in item["properties"].get("leaf:problems", {}).items()
+            if p.get("errors")}
 
 
 def _existing_entry(item: dict[str, Any], product: str, key: str) -> dict[str, Any] | None:
@@ -102,6 +128,8 @@ class _ItemUpdate:
         """The file's own mask rule (its tag), which replaces the one from the sensor facts (see new_item)."""
         self.waiting = False
         """Set when the item is complete but another handler's tile-ready claim is still unpublished."""
+        self.errors: dict[str, list[str]] = {}
+        """The check errors of the item as this handler last saw (or wrote) it."""
 
     def _fresh(self) -> dict[str, Any]:
         item = new_item(self.exp_item, self.run["request_id"], self.run["collection_id"], self.run)
@@ -116,6 +144,7 @@ class _ItemUpdate:
         old = _existing_entry(item, product, key)
         old_gen, new_gen = (old or {}).get("leaf:generation"), self.entry.get("leaf:generation")
         if old is not None and old_gen is not None and new_gen is not None and new_gen < old_gen:
+            self.errors = _item_errors(item)
             return None, ("stale", key in _present_ok(item), False)
         changed = old != self.entry
         if changed:
@@ -128,12 +157,19 @@ class _ItemUpdate:
         item["properties"]["leaf:complete"] = complete
         claimed = False
         now = self.clock()
+        state = item["properties"]["leaf:tile_ready"]
+        if not complete and state is not None and state.get("state") == "claimed":
+            # Complete when claimed, not any more (a file was replaced by a bad one): withdraw the claim, so its
+            # holder's fence fails and no incomplete item is announced; a later good file claims it anew.
+            item["properties"]["leaf:tile_ready"] = None
+            changed = True
         if complete and self.can_publish and _claim_due(item["properties"]["leaf:tile_ready"], self.fence, now):
             item["properties"]["leaf:tile_ready"] = {"state": "claimed", "by": self.fence,
                                                      "event_id": self.event.event_id, "claimed_at": now}
             claimed = changed = True
         self.waiting = complete and self.can_publish and not claimed and _awaited(
             item["properties"]["leaf:tile_ready"])
+        self.errors = _item_errors(item)
         if not changed:
             return None, ("recorded", complete, False)
         item["properties"]["updated"] = now_iso()
@@ -208,28 +244,97 @@ def _mark_published(sink: Sink, key: str, token: str, message_id: str) -> None:
     update_json(sink, key, mutate)
 
 
-def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, status: str, item_href: str,
-                       items: dict[str, ExpectedItem], objects: dict[str, ExpectedObject]) -> bool:
-    """Record the item's status in the run's collection. Returns True when every item is complete or skipped."""
+@dataclass(frozen=True)
+class _CollectionChange:
+    status: str
+    """The item's status in the collection after the update."""
+    done: bool
+    """Every item of the run is complete or skipped."""
+    degraded: bool
+    """The item is recorded as degraded (complete once, incomplete now)."""
+    mirror: bool
+    """This update changed what the run record's ``degraded`` mirrors: the handler must copy it there."""
+
+
+def _update_collection(sink: Sink, run: dict[str, Any], item_id: str, view: tuple[str, dict[str, list[str]]],
+                       ikey: str, item_href: str, items: dict[str, ExpectedItem],
+                       objects: dict[str, ExpectedObject]) -> _CollectionChange:
+    """Record the item's status (``leaf:items``), its check errors (``leaf:item_problems``) and whether it was
+    complete and is not any more (``leaf:degraded``) in the run's collection.
+
+    ``view`` is (status, errors) of the item as this handler wrote it. Events arrive in any order, so where it
+    would change the collection, the item is read again and its current state is written instead: the last
+    writer of the item always updates the collection after its item write, so the collection ends as the item is
+    (a late event of a partial item cannot undo "complete", nor a late complete undo a newer bad file).
+    """
     key = collection_key(run["out_folder"], run["request_id"])
 
-    def mutate(doc: dict | None) -> tuple[dict | None, bool]:
+    def current(coll_status: str | None, coll_errors: dict[str, list[str]]) -> tuple[str, dict[str, list[str]]]:
+        if view == (coll_status, coll_errors):
+            return view
+        got = sink.read_json(ikey)
+        if got is None or got[0]["properties"].get("leaf:request_id") != run["request_id"]:
+            return view  # a newer request re-produces the item: this run's view is all there is
+        props = got[0]["properties"]
+        return (COMPLETE if props.get("leaf:complete") else PARTIAL), _item_errors(got[0])
+
+    def mutate(doc: dict | None) -> tuple[dict | None, _CollectionChange]:
         coll = copy.deepcopy(doc) if doc is not None else new_collection(
             run["request_id"], items, f"LEAF products of request {run['request_id']}", run=run, sink=sink,
             objects=objects)
         statuses = coll.setdefault("leaf:items", {})
-        # Events arrive in any order: a late event of a partial item must not undo "complete".
-        new_status = statuses.get(item_id) if status == PARTIAL and statuses.get(item_id) in (COMPLETE, SKIPPED) \
-            else status
-        changed = doc is None or statuses.get(item_id) != new_status
-        statuses[item_id] = new_status
+        reasons = coll.setdefault("leaf:item_problems", {})
+        degraded = coll.setdefault("leaf:degraded", {})
+        before, before_errors, was_degraded = statuses.get(item_id), reasons.get(item_id, {}), item_id in degraded
+        status, errors = current(before, before_errors)
+        if status == PARTIAL and before == SKIPPED:
+            status, errors = SKIPPED, {}  # a skipped item is not this run's to produce
+        if status == PARTIAL and before == COMPLETE:
+            degraded[item_id] = now_iso()
+        elif status != PARTIAL:
+            degraded.pop(item_id, None)
+        statuses[item_id] = status
+        if errors and status == PARTIAL:
+            reasons[item_id] = errors
+        else:
+            reasons.pop(item_id, None)
+        changed = doc is None or before != status or before_errors != reasons.get(item_id, {}) \
+            or was_degraded != (item_id in degraded)
         if not any(link.get("rel") == "item" and link.get("href") == item_href for link in coll["links"]):
             coll["links"].append({"rel": "item", "href": item_href, "type": "application/geo+json"})
             changed = True
         done = all(s in (COMPLETE, SKIPPED) for s in statuses.values())
-        return (coll if changed else None), done
+        is_degraded = item_id in degraded
+        mirror = was_degraded != is_degraded or (is_degraded and before_errors != reasons.get(item_id, {}))
+        return (coll if changed else None), _CollectionChange(status, done, is_degraded, mirror)
 
     return update_json(sink, key, mutate)
+
+
+def _mirror_degraded(sink: Sink, run: dict[str, Any], item_id: str) -> bool:
+    """Copy the collection's degraded state of one item into the run record (``RunRecord.degraded``). The
+    collection is read inside the run's read-modify-write, so the last mirror always writes the latest state,
+    whatever order handlers run in. Returns whether the item is degraded."""
+    ckey = collection_key(run["out_folder"], run["request_id"])
+
+    def mutate(record: RunRecord | None) -> tuple[RunRecord | None, bool]:
+        got = sink.read_json(ckey)
+        coll = got[0] if got is not None else {}
+        since = coll.get("leaf:degraded", {}).get(item_id)
+        if record is None:
+            return None, since is not None
+        want = DegradedItem(since=since, problems=coll.get("leaf:item_problems", {}).get(item_id, {})) \
+            if since is not None else None
+        if record.degraded.get(item_id) == want:
+            return None, want is not None
+        if want is None:
+            record.degraded.pop(item_id, None)
+        else:
+            record.degraded[item_id] = want
+        record.touch()
+        return record, want is not None
+
+    return update_run(sink, run["out_folder"], run["request_id"], mutate)
 
 
 def _trusted(sink: Sink, event: ObjectEvent) -> tuple[ObjectEvent | None, str]:
@@ -311,16 +416,17 @@ def catalogue_object(sink: Sink, event: ObjectEvent, *, publisher: tile_ready.Pu
         _mark_published(sink, ikey, update.fence, message_id)
         published = True
         logs.info("tile ready published", message_id=message_id, **ctx)
-    if complete:
-        all_done = _update_collection(sink, run, exp_item.item_id, COMPLETE, href(sink, ikey, ckey), expected.items,
-                                      expected.objects)
-        # Runs with Earth Engine tasks are ended by the reconciler, which also records their EECU.
-        if all_done and not run.get("tasks") and set_state(sink, run["out_folder"], run["request_id"], SUCCEEDED,
-                                                           only_from=(CLAIMED, QUEUED, PROCESSING)):
-            logs.info("run succeeded: every item is complete", **{**ctx, "state": SUCCEEDED})
-    else:
-        _update_collection(sink, run, exp_item.item_id, PARTIAL, href(sink, ikey, ckey), expected.items,
-                           expected.objects)
+    change = _update_collection(sink, run, exp_item.item_id, (COMPLETE if complete else PARTIAL, update.errors),
+                                ikey, href(sink, ikey, ckey), expected.items, expected.objects)
+    if change.mirror and _mirror_degraded(sink, run, exp_item.item_id):
+        logs.error("item no longer complete: a file was replaced by one that fails its check; the run keeps its "
+                   "state and records the item under degraded", **{**ctx, "state": run.get("state")})
+    elif change.mirror:
+        logs.info("degraded item complete again", **ctx)
+    # Runs with Earth Engine tasks are ended by the reconciler, which also records their EECU.
+    if change.status == COMPLETE and change.done and not run.get("tasks") and set_state(
+            sink, run["out_folder"], run["request_id"], SUCCEEDED, only_from=(CLAIMED, QUEUED, PROCESSING)):
+        logs.info("run succeeded: every item is complete", **{**ctx, "state": SUCCEEDED})
     logs.info("object catalogued", **ctx)
     if update.waiting:  # if that handler died, the redelivery of this event takes its claim over after the lease
         raise TransientError(f"item {exp_item.item_id} is complete and another handler is publishing its "

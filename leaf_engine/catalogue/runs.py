@@ -15,7 +15,7 @@ Run states::
                      │                                        (reconciler / catalogue)
                      └──▶ FAILED (backend refused) ; any active state ──▶ CANCELLED (leaf cancel)
     FAILED / PARTIAL / CANCELLED / INVALID ──▶ CLAIMED (the same request again, or leaf resume)
-    SUCCEEDED ──▶ CLAIMED (only leaf resume, when objects of the run have gone missing since)
+    SUCCEEDED ──▶ CLAIMED (only leaf resume, when objects of the run have gone missing or bad since)
     invalid message ──▶ INVALID (only where no record exists or the record is re-runnable)
 """
 
@@ -116,6 +116,17 @@ class TaskRecord(BaseModel):
         return f"{self.job_id}/{self.product}"
 
 
+class DegradedItem(BaseModel):
+    """An item the catalogue found complete and later incomplete again: one of its files was replaced by a
+    generation that fails its check. Mirrors the run's collection (``leaf:degraded``, ``leaf:item_problems``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: str
+    problems: dict[str, list[str]] = {}
+    """Object key → the check errors that keep the item incomplete."""
+
+
 class RunRecord(BaseModel):
     """The typed run record. Change it only through its methods, write it only with :func:`update_run`."""
 
@@ -154,6 +165,11 @@ class RunRecord(BaseModel):
     history: list[HistoryEntry] = []
     finished: dict[str, Any] | None = None
     """The run-finished message of the end state, once published (``{state, message_id, at}``)."""
+    degraded: dict[str, DegradedItem] = {}
+    """Items no longer complete since the catalogue found them complete (item id → why), written only by the
+    catalogue. The state is left as it is: a SUCCEEDED run stays SUCCEEDED (its production did succeed; its one
+    run-finished message stands) and shows the damage here; the entry goes when a good generation completes the
+    item again, and ``leaf resume`` re-exports the failing objects."""
     # Explicit expectations: only in records of tests that simulate Earth Engine shards (see tests/support).
     items: dict[str, Any] | None = None
     objects: dict[str, Any] | None = None

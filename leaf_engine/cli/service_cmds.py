@@ -65,7 +65,12 @@ def status(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    lines = [f"request {report['request_id']}: {report['state']}"]
+    degraded = report.get("degraded") or {}
+    lines = [f"request {report['request_id']}: {report['state']}" + (
+        f", DEGRADED: {len(degraded)} item(s) no longer complete" if degraded else "")]
+    for item_id, d in sorted(degraded.items()):
+        lines.append(f"  degraded {item_id} since {d['since']}: a file was replaced by one that fails its check")
+        lines += [f"    {key}: {e}" for key, errors in sorted(d["problems"].items()) for e in errors]
     summary = report.get("task_summary")
     if summary and summary["tasks"]:
         lines.append(f"tasks: {_bar(summary['done'], summary['tasks'])} {summary['done']}/{summary['tasks']} "
@@ -90,6 +95,10 @@ def status(
     console.print("\n".join(lines), markup=False, highlight=False)
     if report["state"] in ("FAILED", "INVALID", "PARTIAL", "CANCELLED"):
         console_err.print(f"run {report['state']}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    if degraded:  # scripts watching the exit status must notice a run whose outputs went bad after it ended
+        console_err.print(f"run {report['state']} but degraded: leaf resume re-exports its failing files "
+                          "(Earth Engine runs); else write them again", markup=False, highlight=False)
         raise typer.Exit(1)
 
 
