@@ -121,13 +121,9 @@ def test_catalogue_handler_delayed_past_the_redelivery_publishes_once(emulators:
             text = cat_log.read_text(errors="replace")
             return sum(1 for line in text.splitlines() if last in line and all(n in line for n in needles))
 
-        # The redelivery reaches a second handler while the first is held: it finds the unpublished claim and
-        # asks to be redelivered again (it neither takes the claim over nor publishes).
-        wait_for(lambda: handled("another handler is publishing its tile-ready") >= 1, DELAY_S + 5,
-                 "the redelivered event to find the held handler's claim")
-        assert sink.read_json(ikey)[0]["properties"]["leaf:tile_ready"]["state"] == "claimed"  # type: ignore[index]
-        # The held handler goes on, publishes; a later redelivery then finds it published and is acknowledged.
-        wait_for(lambda: handled('"message": "object recorded"') >= 2, DELAY_S + 30,
+        # The held handler goes on and publishes; a redelivery of the event, handled meanwhile or after, finds
+        # the claim and is acknowledged once it is published.
+        wait_for(lambda: handled('"message": "object recorded"') >= 2, DELAY_S + 40,
                  "both the held handler and a redelivery to finish")
         messages = pull(ready, expect=1, timeout_s=30, settle_s=3)
 
@@ -138,6 +134,9 @@ def test_catalogue_handler_delayed_past_the_redelivery_publishes_once(emulators:
     assert messages[0].attributes["tile_ready_id"] == f"{req.request_id}/{item_id}"
     published = [ln for ln in cat_log.read_text(errors="replace").splitlines() if '"tile ready published"' in ln]
     assert len(published) == 1 and last in published[0]
+    # The redelivery really overlapped the held handler: it found the unpublished claim and asked to be redelivered
+    # again, instead of taking the claim over or publishing.
+    assert handled("another handler is publishing its tile-ready") >= 1
 
     item, _ = sink.read_json(ikey)  # type: ignore[misc]
     assert item["properties"]["leaf:complete"] is True
