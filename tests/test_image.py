@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from leaf_engine.catalogue.expectations import record_expectations
-from leaf_engine.naming import run_record_key
+from leaf_engine.naming import collection_key, run_record_key
 from leaf_engine.sinks import GcsSink
 from tests.support.emulators import (
     ERRORS_BUCKET,
@@ -149,6 +149,12 @@ def _record(sink: GcsSink, folder: str, request_id: str) -> dict:
     return got[0] if got else {}
 
 
+def _items_complete(sink: GcsSink, folder: str, request_id: str) -> bool:
+    got = sink.read_json(collection_key(folder, request_id))
+    statuses = got[0].get("leaf:items", {}) if got else {}
+    return bool(statuses) and set(statuses.values()) == {"complete"}
+
+
 def _clean_log(server: Server) -> None:
     text = server.log.read_text()
     for bad in ("Traceback", "Permission denied", "Control server error", "ModuleNotFoundError"):
@@ -267,11 +273,26 @@ def test_replayed_image_serves_each_target(image: Image, emulators: Emulators):
                                            f"//storage.googleapis.com/projects/_/buckets/{BUCKET}", data,
                                            subject=f"objects/{blob.name}")
                 assert 200 <= status < 300, f"catalogue_output answered {status} for {blob.name}"
-            wait_for(lambda: _record(sink, folders["ce"], ids["ce"]).get("state") == "SUCCEEDED", 60,
-                     "the catalogue to complete the run")
+            wait_for(lambda: _items_complete(sink, folders["ce"], ids["ce"]), 60,
+                     "the catalogue to complete every item")
             _clean_log(catalogue)
 
-        # Any further target (e.g. a scheduled one) gets a Pub/Sub CloudEvent with an empty JSON message.
+        # reconcile_runs (the scheduled tick): Earth Engine reports the exports done, the reconciler ends the run.
+        if "reconcile_runs" in targets:
+            for task_id in ee_server.task_ids("PENDING", "RUNNING"):
+                ee_server.succeed(task_id, write=False)  # the files are already in the bucket
+            with serve(image, "reconcile_runs", env) as reconciler:
+                servers["reconcile_runs"] = reconciler
+                tick = json.dumps({"bucket": BUCKET, "folder": folders["ce"]}).encode()
+                status = binary_cloudevent(reconciler.url, PUBSUB_PUBLISHED, "//pubsub.googleapis.com/reconcile",
+                                           {"message": pubsub_message(tick),
+                                            "subscription": "projects/leaf-test/subscriptions/scheduler"})
+                assert 200 <= status < 300, f"reconcile_runs answered {status} to a Pub/Sub CloudEvent"
+                wait_for(lambda: _record(sink, folders["ce"], ids["ce"]).get("state") == "SUCCEEDED", 60,
+                         "the reconciler to end the run SUCCEEDED")
+                _clean_log(reconciler)
+
+        # Any further target gets a Pub/Sub CloudEvent with an empty JSON message.
         for target in set(targets) - set(servers):
             with serve(image, target, env) as other:
                 servers[target] = other
