@@ -24,7 +24,7 @@ from . import stac_api
 from .executors import BlockExecutor, make_executor
 from .masks import describe_masks
 from .pipeline import JobSpec, process_block
-from .quicklook import quicklooks_enabled, write_quicklooks
+from .quicklook import quicklooks_enabled, render_quicklooks
 from .scenes import AssetRef, Scene, discover
 from .writer import JobTags, OutputSet, qml_style
 
@@ -202,8 +202,9 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     if quicklooks:
         tq = time.perf_counter()
         titles = {p: f"{names[p].stem} — {req.sensor} {req.algorithm}" for p in cogs}
-        for product_name, png in write_quicklooks(cogs, titles, threads=1).items():
-            sink.put_file(names[product_name].quicklook_key(), png)
+        previews = outputs.previews()  # a small job's maps are in memory: no COG is read back
+        for product_name, png in render_quicklooks(cogs, titles, threads=1, previews=previews).items():
+            sink.put_bytes(names[product_name].quicklook_key(), png, "image/png")
             summary.files.append(names[product_name].quicklook_key())
         ql_seconds = time.perf_counter() - tq
     for path in cogs.values():

@@ -11,6 +11,7 @@ time (``benchmarks/bench_quicklooks.py``). ``LEAF_QUICKLOOKS=0`` (or ``--no-quic
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ MAX_SIDE = 640
 MIN_SIDE = 360
 """Small maps are enlarged (nearest neighbour) to at least this many pixels on their long side."""
 ENV = "LEAF_QUICKLOOKS"
-PNG_COMPRESS_LEVEL = 3
+PNG_COMPRESS_LEVEL = 1
 """zlib level of the PNGs: paletted quicklooks are mostly flat colour, so level 3 is nearly as small as 9 and
 several times faster."""
 _PANEL_W, _PANEL_H, _TOP, _BOTTOM, _PAD, _MIN_H = 230, 300, 34, 58, 10, 330
@@ -61,12 +62,29 @@ def quicklooks_enabled(value: bool | None) -> bool:
     raise LeafError(f"{ENV}={raw!r} must be 0 or 1 (write quicklook PNGs or not)")
 
 
-def write_quicklooks(cogs: dict[str, Path], titles: dict[str, str], threads: int = 2) -> dict[str, Path]:
-    """Quicklooks of a job's files (product → COG), ``threads`` at a time (reads, lookups and PNG encoding
-    release the GIL); returns product → PNG beside each COG."""
-    def one(item: tuple[str, Path]) -> tuple[str, Path]:
+def write_quicklooks(cogs: dict[str, Path], titles: dict[str, str], threads: int = 2,
+                     previews: dict[str, Preview] | None = None) -> dict[str, Path]:
+    """Quicklooks of a job's files (product → COG) written beside each COG; returns product → PNG path.
+    See :func:`render_quicklooks`."""
+    pngs = render_quicklooks(cogs, titles, threads, previews)
+    out = {}
+    for product_name, data in pngs.items():
+        out[product_name] = cogs[product_name].with_suffix(".png")
+        out[product_name].write_bytes(data)
+    return out
+
+
+def render_quicklooks(cogs: dict[str, Path], titles: dict[str, str], threads: int = 2,
+                      previews: dict[str, Preview] | None = None) -> dict[str, bytes]:
+    """PNG bytes of the quicklooks of a job's files (product → COG), ``threads`` at a time (reads and PNG
+    encoding release the GIL). ``previews``: maps already in memory (product → preview, ``OutputSet.previews``),
+    rendered without reading their COG back."""
+    previews = previews or {}
+
+    def one(item: tuple[str, Path]) -> tuple[str, bytes]:
         product_name, cog = item
-        return product_name, write_quicklook(cog, product_name, cog.with_suffix(".png"), titles[product_name])
+        return product_name, render_quicklook(cog, product_name, titles[product_name],
+                                              preview=previews.get(product_name))
 
     if threads <= 1:
         return dict(map(one, cogs.items()))
@@ -240,21 +258,43 @@ def _paste(a: np.ndarray, patch: np.ndarray, xy: tuple[int, int]) -> None:
 # The quicklook
 
 
-def _read_preview(path: Path) -> tuple[np.ndarray, int, dict[str, str], rasterio.Affine, Any]:
+@dataclass(frozen=True)
+class Preview:
+    """A map at quicklook resolution with what its quicklook shows besides the pixels."""
+
+    dn: np.ndarray
+    factor: int
+    """Preview pixel = ``factor`` × ``factor`` map pixels."""
+    tags: dict[str, str]
+    transform: rasterio.Affine
+    """Of the preview's pixels."""
+    crs_wkt: str | None
+
+
+def _read_preview(path: Path) -> Preview:
     with rasterio.open(path) as src:
         f = max(1, int(np.ceil(max(src.width, src.height) / MAX_SIDE)))
         shape = (max(1, src.height // f), max(1, src.width // f))
         # Reading at a reduced shape uses the COG's overviews: the preview never loads the full image.
         dn = src.read(1, out_shape=shape, resampling=Resampling.nearest)
         transform = src.transform @ rasterio.Affine.scale(src.width / shape[1], src.height / shape[0])
-        return dn, f, src.tags(), transform, src.crs
+        return Preview(dn, f, src.tags(), transform, src.crs.to_wkt() if src.crs is not None else None)
 
 
-def write_quicklook(cog: Path, product_name: str, png: Path, title: str, year: int | None = None) -> Path:
-    """Render ``cog`` (a LEAF output) into ``png`` with a legend in physical units, a scale bar and coordinates."""
-    dn, factor, tags, transform, crs = _read_preview(cog)
-    idx, valid, key = _indices(product_name, dn, tags, year)
-    zoom = max(1, int(np.ceil(MIN_SIDE / max(dn.shape))))
+def write_quicklook(cog: Path, product_name: str, png: Path, title: str, year: int | None = None,
+                    preview: Preview | None = None) -> Path:
+    """Render ``cog`` (a LEAF output) into ``png``: see :func:`render_quicklook`."""
+    png.write_bytes(render_quicklook(cog, product_name, title, year, preview))
+    return png
+
+
+def render_quicklook(cog: Path, product_name: str, title: str, year: int | None = None,
+                     preview: Preview | None = None) -> bytes:
+    """``cog`` (a LEAF output) as PNG bytes, with a legend in physical units, a scale bar and coordinates.
+    ``preview``: the map already in memory (a small job's whole map), so the COG is not read back."""
+    pv = preview if preview is not None else _read_preview(cog)
+    idx, valid, key = _indices(product_name, pv.dn, pv.tags, year)
+    zoom = max(1, int(np.ceil(MIN_SIDE / max(pv.dn.shape))))
     if zoom > 1:  # nearest neighbour in C on one byte per pixel
         idx = np.asarray(Image.fromarray(idx).resize((idx.shape[1] * zoom, idx.shape[0] * zoom),
                                                      Image.Resampling.NEAREST))
@@ -262,18 +302,19 @@ def write_quicklook(cog: Path, product_name: str, png: Path, title: str, year: i
     canvas = np.zeros((max(h + _TOP + _BOTTOM, _MIN_H), w + 2 * _PAD + _PANEL_W), np.uint8)  # white
     canvas[_TOP:_TOP + h, _PAD:_PAD + w] = idx
     _rect(canvas, _PAD - 1, _TOP - 1, _PAD + w, _TOP + h, outline=_K)
-    note = "" if factor == 1 else f" (1:{factor} preview)"
+    note = "" if pv.factor == 1 else f" (1:{pv.factor} preview)"
     _text(canvas, (_PAD, 8), f"{title}{note}", 14)
     lx = w + 2 * _PAD
     panel, yy = _legend(key)
     _paste(canvas, panel, (lx, _TOP))
     share = float(valid.mean()) if valid.size else 0.0
     _text(canvas, (lx, _TOP + yy), f"{share:.0%} of the map has data", 11)
-    _scale_bar_and_coords(canvas, transform, crs, w, h, zoom)
+    _scale_bar_and_coords(canvas, pv.transform, pv.crs_wkt, w, h, zoom)
     img = Image.frombuffer("P", (canvas.shape[1], canvas.shape[0]), canvas.tobytes(), "raw", "P", 0, 1)
     img.putpalette(_style(product_name).palette)
-    img.save(png, optimize=False, compress_level=PNG_COMPRESS_LEVEL)
-    return png
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
 
 
 _LEGENDS: dict[tuple, tuple[np.ndarray, int]] = {}
@@ -348,8 +389,9 @@ def _nice(length: float) -> float:
     return float(max(m for m in (1, 2, 5) if m * exp <= length) * exp)
 
 
-def _scale_bar_and_coords(a: np.ndarray, transform: rasterio.Affine, crs: Any, w: int, h: int, zoom: int) -> None:
-    crs_obj: Any = _crs(crs.to_wkt()) if crs is not None else None
+def _scale_bar_and_coords(a: np.ndarray, transform: rasterio.Affine, crs_wkt: str | None, w: int, h: int,
+                          zoom: int) -> None:
+    crs_obj: Any = _crs(crs_wkt) if crs_wkt is not None else None
     y0 = _TOP + h + 8
     if crs_obj is not None and crs_obj.is_projected:
         unit = crs_obj.axis_info[0].unit_name if crs_obj.axis_info else "metre"
@@ -361,7 +403,7 @@ def _scale_bar_and_coords(a: np.ndarray, transform: rasterio.Affine, crs: Any, w
         label = f"{length / 1000:g} km" if metres and length >= 1000 else f"{length:g} {'m' if metres else unit}"
         _text(a, (_PAD + bar + 6, y0 - 4), label, 12)
     if crs_obj is not None:
-        to_ll = _to_lonlat(crs_obj.to_wkt())
+        to_ll = _to_lonlat(crs_wkt)
         full_w, full_h = w / zoom, h / zoom
         (lon0, lat0), (lon1, lat1) = (to_ll.transform(*(transform @ (0, 0))),
                                       to_ll.transform(*(transform @ (full_w, full_h))))
