@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -92,6 +93,27 @@ def render_quicklooks(cogs: dict[str, Path], titles: dict[str, str], threads: in
 
     with ThreadPoolExecutor(threads, thread_name_prefix="leaf-quicklook") as pool:
         return dict(pool.map(one, cogs.items()))
+
+
+_BACKGROUND: list[Any] = []
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def draw_in_background(previews: dict[str, Preview], titles: dict[str, str]) -> Future[dict[str, bytes]]:
+    """Start drawing the quicklooks of maps already in memory (``OutputSet.previews``) on a background thread,
+    so that they overlap the job's COG conversion and storing (GDAL and zlib release the GIL); the future's
+    result is product → PNG bytes."""
+    if not previews:
+        done: Future[dict[str, bytes]] = Future()
+        done.set_result({})
+        return done
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _BACKGROUND_LOCK:
+        if not _BACKGROUND:  # one thread for the process: jobs run one after another
+            _BACKGROUND.append(ThreadPoolExecutor(1, thread_name_prefix="leaf-quicklook"))
+        pool = _BACKGROUND[0]
+    return pool.submit(lambda: {p: render_quicklook(Path(p), p, titles[p], preview=pv) for p, pv in previews.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,8 +238,8 @@ def _label(text: str, size: int) -> np.ndarray:
     # Pillow's built-in font has Latin glyphs only.
     text = text.replace("—", "-").replace("×", "x")
     font = _font(size)
-    _, _, right, bottom = font.getbbox(text)
-    img = Image.new("L", (max(1, int(right)), max(1, int(bottom))), 0)
+    # The advance width and 1.5 × the size hold every glyph (a layout pass cheaper than getbbox's).
+    img = Image.new("L", (int(font.getlength(text)) + 2, size * 3 // 2 + 2), 0)
     ImageDraw.Draw(img).text((0, 0), text, fill=255, font=font)
     out = _GREY_OF[np.asarray(img)]
     out.flags.writeable = False
@@ -310,8 +332,8 @@ def render_quicklook(cog: Path, product_name: str, title: str, year: int | None 
     share = float(valid.mean()) if valid.size else 0.0
     _text(canvas, (lx, _TOP + yy), f"{share:.0%} of the map has data", 11)
     _scale_bar_and_coords(canvas, pv.transform, pv.crs_wkt, w, h, zoom)
-    img = Image.frombuffer("P", (canvas.shape[1], canvas.shape[0]), canvas.tobytes(), "raw", "P", 0, 1)
-    img.putpalette(_style(product_name).palette)
+    img = Image.fromarray(canvas)  # shares the array's memory
+    img.putpalette(_style(product_name).palette)  # L → P: the indices are the palette's
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
@@ -391,25 +413,36 @@ def _nice(length: float) -> float:
 
 def _scale_bar_and_coords(a: np.ndarray, transform: rasterio.Affine, crs_wkt: str | None, w: int, h: int,
                           zoom: int) -> None:
-    crs_obj: Any = _crs(crs_wkt) if crs_wkt is not None else None
     y0 = _TOP + h + 8
+    bar, label, coords = _footer(tuple(transform)[:6], crs_wkt, w, h, zoom)
+    if bar:
+        _rect(a, _PAD, y0, _PAD + bar, y0 + 5, fill=_K)
+        _text(a, (_PAD + bar + 6, y0 - 4), label, 12)
+    if coords:
+        _text(a, (_PAD, y0 + 14), coords, 11)
+
+
+@lru_cache(maxsize=64)
+def _footer(transform: tuple[float, ...], crs_wkt: str | None, w: int, h: int, zoom: int) -> tuple[int, str, str]:
+    """Scale-bar length (preview pixels, 0 for none) and label, and the corner coordinates: the same for every
+    product of a job, so worked out once."""
+    crs_obj: Any = _crs(crs_wkt) if crs_wkt is not None else None
+    bar, label, coords = 0, "", ""
+    tr = rasterio.Affine(*transform)
     if crs_obj is not None and crs_obj.is_projected:
         unit = crs_obj.axis_info[0].unit_name if crs_obj.axis_info else "metre"
-        px = abs(transform.a) / zoom
+        px = abs(tr.a) / zoom
         length = _nice(px * w / 4)
         bar = round(length / px)
-        _rect(a, _PAD, y0, _PAD + bar, y0 + 5, fill=_K)
         metres = unit in ("metre", "meter")
         label = f"{length / 1000:g} km" if metres and length >= 1000 else f"{length:g} {'m' if metres else unit}"
-        _text(a, (_PAD + bar + 6, y0 - 4), label, 12)
     if crs_obj is not None:
         to_ll = _to_lonlat(crs_wkt)
         full_w, full_h = w / zoom, h / zoom
-        (lon0, lat0), (lon1, lat1) = (to_ll.transform(*(transform @ (0, 0))),
-                                      to_ll.transform(*(transform @ (full_w, full_h))))
-        text = (f"top left {_ll(lat0, 'N', 'S')} {_ll(lon0, 'E', 'W')}   bottom right {_ll(lat1, 'N', 'S')} "
-                f"{_ll(lon1, 'E', 'W')}   ({crs_obj.to_string()})")
-        _text(a, (_PAD, y0 + 14), text, 11)
+        (lon0, lat0), (lon1, lat1) = (to_ll.transform(*(tr @ (0, 0))), to_ll.transform(*(tr @ (full_w, full_h))))
+        coords = (f"top left {_ll(lat0, 'N', 'S')} {_ll(lon0, 'E', 'W')}   bottom right {_ll(lat1, 'N', 'S')} "
+                  f"{_ll(lon1, 'E', 'W')}   ({crs_obj.to_string()})")
+    return bar, label, coords
 
 
 @lru_cache(maxsize=8)
