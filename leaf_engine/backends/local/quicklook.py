@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -251,6 +252,21 @@ def _text(a: np.ndarray, xy: tuple[int, int], text: str, size: int) -> None:
     _blit_max(a, _label(text, size), xy)
 
 
+def _title(a: np.ndarray, xy: tuple[int, int], text: str, size: int) -> None:
+    """A title whose words recur across maps (region, year, month, product, sensor): drawn word by word from
+    the label cache, each at its advance, so a new title costs no new rendering once its words were seen."""
+    x, y = xy
+    for piece in re.split(r"(?<=[_ ])", text):
+        if piece:
+            _blit_max(a, _label(piece, size), (round(x), y))
+            x += _advance(piece, size)
+
+
+@lru_cache(maxsize=512)
+def _advance(text: str, size: int) -> float:
+    return float(_font(size).getlength(text.replace("—", "-").replace("×", "x")))
+
+
 def _blit_max(a: np.ndarray, patch: np.ndarray, xy: tuple[int, int]) -> None:
     x, y = xy
     h, w = patch.shape
@@ -325,7 +341,7 @@ def render_quicklook(cog: Path, product_name: str, title: str, year: int | None 
     canvas[_TOP:_TOP + h, _PAD:_PAD + w] = idx
     _rect(canvas, _PAD - 1, _TOP - 1, _PAD + w, _TOP + h, outline=_K)
     note = "" if pv.factor == 1 else f" (1:{pv.factor} preview)"
-    _text(canvas, (_PAD, 8), f"{title}{note}", 14)
+    _title(canvas, (_PAD, 8), f"{title}{note}", 14)
     lx = w + 2 * _PAD
     panel, yy = _legend(key)
     _paste(canvas, panel, (lx, _TOP))
