@@ -106,6 +106,18 @@ def test_small_job_quicklooks_from_memory_equal_those_read_from_the_cogs(tmp_pat
     assert img.mode == "P" and img.size[0] > 360  # paletted, the 110 px map enlarged
 
 
+def test_partition_legend_holds_every_class(tmp_path):
+    dn = np.tile(np.arange(1, 20, dtype=np.uint8), (60, 4))[:, :70]  # 19 land-cover classes
+    png = write_quicklook(_cog(tmp_path / "p.tif", "Partition", dn), "Partition", tmp_path / "p.png", "p")
+    img = Image.open(png).convert("RGB")
+    # The legend lists the first 16 classes and no data below them; the image is tall enough to show them.
+    assert img.size[1] >= 34 + 22 + 17 * 20
+    table = styles.lut(styles.PARTITION_CMAP, 20)
+    lx = 10 + 70 * 6 + 10  # the 70 px map is enlarged ×6
+    swatch = img.getpixel((lx + 7, 34 + 22 + 15 * 20 + 7))  # class 16's swatch
+    assert np.abs(np.subtract(swatch, table[16])).max() <= 2
+
+
 def test_quicklook_switch(monkeypatch):
     assert quicklooks_enabled(False) is False and quicklooks_enabled(True) is True
     monkeypatch.setenv("LEAF_QUICKLOOKS", "0")

@@ -337,13 +337,13 @@ def render_quicklook(cog: Path, product_name: str, title: str, year: int | None 
         idx = np.asarray(Image.fromarray(idx).resize((idx.shape[1] * zoom, idx.shape[0] * zoom),
                                                      Image.Resampling.NEAREST))
     h, w = idx.shape
-    canvas = np.zeros((max(h + _TOP + _BOTTOM, _MIN_H), w + 2 * _PAD + _PANEL_W), np.uint8)  # white
+    panel, yy = _legend(key)
+    canvas = np.zeros((max(h + _TOP + _BOTTOM, _MIN_H, _TOP + yy + 20), w + 2 * _PAD + _PANEL_W), np.uint8)  # white
     canvas[_TOP:_TOP + h, _PAD:_PAD + w] = idx
     _rect(canvas, _PAD - 1, _TOP - 1, _PAD + w, _TOP + h, outline=_K)
     note = "" if pv.factor == 1 else f" (1:{pv.factor} preview)"
     _title(canvas, (_PAD, 8), f"{title}{note}", 14)
     lx = w + 2 * _PAD
-    panel, yy = _legend(key)
     _paste(canvas, panel, (lx, _TOP))
     share = float(valid.mean()) if valid.size else 0.0
     _text(canvas, (lx, _TOP + yy), f"{share:.0%} of the map has data", 11)
@@ -375,9 +375,10 @@ def _legend(key: tuple) -> tuple[np.ndarray, int]:
 
 def _draw_legend(key: tuple) -> tuple[np.ndarray, int]:
     kind, product_name = key[0], key[1]
-    panel = np.zeros((_PANEL_H, _PANEL_W), np.uint8)
     if kind in ("classes", "partition"):
         names = list(key[2]) if kind == "classes" else [f"class {v}" for v in key[2]]
+        # Up to 16 Partition classes and the no-data entry: taller than the ramp legends.
+        panel = np.zeros((max(_PANEL_H, 22 + (len(names) + 1) * 20 + 26), _PANEL_W), np.uint8)
         slots = list(range(len(names))) if kind == "classes" else [v % 20 for v in key[2]]
         _text(panel, (0, 0), product_name, 13)
         for i, (name, slot) in enumerate(zip(names, slots, strict=True)):
@@ -386,6 +387,7 @@ def _draw_legend(key: tuple) -> tuple[np.ndarray, int]:
             _text(panel, (20, y), name, 12)
         _nodata_swatch(panel, 0, 22 + len(names) * 20)
         return panel, 22 + (len(names) + 1) * 20 + 6
+    panel = np.zeros((_PANEL_H, _PANEL_W), np.uint8)
     if kind == "date":
         start, end = key[2], key[3]
         _text(panel, (0, 0), "Date of the observation", 13)
