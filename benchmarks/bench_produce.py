@@ -176,7 +176,8 @@ def phase_produce(req_path: Path, out: Path) -> dict:
     secs = time.perf_counter() - t1
     job = result.jobs[0]
     return {"seconds": secs, "kernel_load_s": t1 - t0, "pixels": job.width * job.height,
-            "with_obs": job.pixels_with_obs, "peak_rss_mb": _peak_rss_mb()}
+            "with_obs": job.pixels_with_obs, "peak_rss_mb": _peak_rss_mb(),
+            "job_s": job.seconds, "quicklook_s": job.quicklook_seconds}
 
 
 def phase_warp(req_path: Path) -> dict:

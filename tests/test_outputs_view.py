@@ -4,6 +4,7 @@ plot script."""
 
 from __future__ import annotations
 
+import io
 import json
 import runpy
 import subprocess
@@ -75,6 +76,46 @@ def test_qc_classes(tmp_path):
     good = tuple(int(colours["good"][i:i + 2], 16) for i in (1, 3, 5))
     assert np.abs(np.subtract(_map_pixel(png, 80, 5), good)).max() <= 12
     assert (styles.qc_class(np.array([0, 168, 169, 170, 171, 172], np.uint8)) == [-1, 0, 1, 2, 3, 4]).all()
+
+
+def test_small_job_quicklooks_from_memory_equal_those_read_from_the_cogs(tmp_path):
+    """A small job's maps kept in memory by the writer (written in several blocks) draw byte-identical quicklooks
+    to those read back from its COGs, in the background as in the engine."""
+    from odc.geo.geobox import GeoBox
+
+    from leaf_engine.backends.local.quicklook import draw_in_background, render_quicklooks
+    from leaf_engine.backends.local.writer import JobTags, OutputSet
+
+    rng = np.random.default_rng(3)
+    gbox = GeoBox((90, 110), Affine(20, 0, 356100, 0, -20, 4835660), "EPSG:32631")
+    maps = {"LAI": rng.integers(0, 170, (90, 110)).astype(np.uint8),
+            "QC": rng.choice(np.array([168, 169, 170, 172], np.uint8), (90, 110)),
+            "Date": rng.integers(182, 213, (90, 110)).astype(np.uint16)}
+    for p, dn in maps.items():
+        dn[:7, :9] = products.product(p).nodata  # a no-data corner
+    tags = JobTags("r", "S2_SR", "SL2P", "S2_SR:leaf_sl2p_s2_20m", "x", "Jul", "2018-07-01", "2018-07-31", 1)
+    out = OutputSet(tmp_path / "job", {p: f"x_{p}" for p in maps}, gbox, tags)
+    for r, c, h, w in ((0, 0, 64, 64), (0, 64, 64, 46), (64, 0, 26, 110)):
+        out.write_block({p: dn[r:r + h, c:c + w] for p, dn in maps.items()}, r, c)
+    titles = {p: f"x {p}" for p in maps}
+    drawn = draw_in_background(out.previews(), titles).result()
+    cogs = out.finish()
+    read_back = render_quicklooks(cogs, titles, threads=2)
+    assert set(drawn) == set(maps) and all(drawn[p] == read_back[p] for p in maps)
+    img = Image.open(io.BytesIO(drawn["LAI"]))
+    assert img.mode == "P" and img.size[0] > 360  # paletted, the 110 px map enlarged
+
+
+def test_partition_legend_holds_every_class(tmp_path):
+    dn = np.tile(np.arange(1, 20, dtype=np.uint8), (60, 4))[:, :70]  # 19 land-cover classes
+    png = write_quicklook(_cog(tmp_path / "p.tif", "Partition", dn), "Partition", tmp_path / "p.png", "p")
+    img = Image.open(png).convert("RGB")
+    # The legend lists the first 16 classes and no data below them; the image is tall enough to show them.
+    assert img.size[1] >= 34 + 22 + 17 * 20
+    table = styles.lut(styles.PARTITION_CMAP, 20)
+    lx = 10 + 70 * 6 + 10  # the 70 px map is enlarged ×6
+    swatch = img.getpixel((lx + 7, 34 + 22 + 15 * 20 + 7))  # class 16's swatch
+    assert np.abs(np.subtract(swatch, table[16])).max() <= 2
 
 
 def test_quicklook_switch(monkeypatch):

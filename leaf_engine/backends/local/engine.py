@@ -24,7 +24,7 @@ from . import stac_api
 from .executors import BlockExecutor, make_executor
 from .masks import describe_masks
 from .pipeline import JobSpec, process_block
-from .quicklook import quicklooks_enabled, write_quicklooks
+from .quicklook import draw_in_background, quicklooks_enabled, render_quicklooks
 from .scenes import AssetRef, Scene, discover
 from .writer import JobTags, OutputSet, qml_style
 
@@ -190,6 +190,9 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
     except BaseException:
         outputs.abort()
         raise
+    titles = {p: f"{names[p].stem} — {req.sensor} {req.algorithm}" for p in names}
+    # A small job's maps are in memory: their quicklooks are drawn while the COGs are written and stored.
+    drawing = draw_in_background(outputs.previews(), titles) if quicklooks else None
     cogs = outputs.finish()
     for product_name, path in cogs.items():
         name = names[product_name]
@@ -199,11 +202,14 @@ def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecuto
         sink.put_bytes(style, qml_style(product_name, job.start, job.end), "text/xml")
         summary.files.append(style)
     ql_seconds = 0.0
-    if quicklooks:
+    if drawing is not None:
+        # The time the job spends on quicklooks beyond what overlapped with the COGs (benchmarks/README.md).
         tq = time.perf_counter()
-        titles = {p: f"{names[p].stem} — {req.sensor} {req.algorithm}" for p in cogs}
-        for product_name, png in write_quicklooks(cogs, titles, threads=1).items():
-            sink.put_file(names[product_name].quicklook_key(), png)
+        pngs = drawing.result()
+        # Larger maps: previews read from the COG overviews.
+        pngs.update(render_quicklooks({p: c for p, c in cogs.items() if p not in pngs}, titles, threads=1))
+        for product_name in cogs:
+            sink.put_bytes(names[product_name].quicklook_key(), pngs[product_name], "image/png")
             summary.files.append(names[product_name].quicklook_key())
         ql_seconds = time.perf_counter() - tq
     for path in cogs.values():

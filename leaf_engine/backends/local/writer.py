@@ -19,6 +19,7 @@ from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
 from ... import __version__, composite, products
+from .quicklook import MAX_SIDE, Preview
 
 INTERNAL_TILE = 512
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": str(INTERNAL_TILE), "BIGTIFF": "IF_SAFER",
@@ -105,13 +106,29 @@ class OutputSet:
         """``names``: product → file stem (unique within the folder)."""
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.writers = {p: ProductWriter(folder / f"{stem}.tmp.tif", p, gbox, tags.for_product(p))
+        self._tags = {p: tags.for_product(p) for p in names}
+        self.writers = {p: ProductWriter(folder / f"{stem}.tmp.tif", p, gbox, self._tags[p])
                         for p, stem in names.items()}
         self.stems = names
+        self.gbox = gbox
+        # A small job's maps (at most MAX_SIDE² pixels each) are also kept in memory: they are their own
+        # quicklook previews, so the quicklooks need not read the COGs back. Larger maps' previews are read
+        # from the COG overviews.
+        self._maps = ({p: np.full((gbox.height, gbox.width), products.product(p).nodata, products.product(p).dtype)
+                       for p in names} if max(gbox.width, gbox.height) <= MAX_SIDE else None)
 
     def write_block(self, arrays: dict[str, np.ndarray], row: int, col: int) -> None:
         for name, data in arrays.items():
             self.writers[name].write(data, row, col)
+            if self._maps is not None:
+                self._maps[name][row:row + data.shape[0], col:col + data.shape[1]] = data
+
+    def previews(self) -> dict[str, Preview]:
+        """Product → its whole map as a quicklook preview; empty when the maps are too large to be kept."""
+        if self._maps is None:
+            return {}
+        crs = self.gbox.crs.to_wkt() if self.gbox.crs is not None else None
+        return {p: Preview(dn, 1, self._tags[p], self.gbox.transform, crs) for p, dn in self._maps.items()}
 
     def finish(self, threads: int = 2) -> dict[str, Path]:
         """Close every file and convert them to COGs (``threads`` at a time: GDAL releases the GIL); returns
