@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LeafError, Problem
 from .request import ProductionRequest
+
+if TYPE_CHECKING:
+    from .sinks import Sink
 
 ALLOWED_OUTPUTS_ENV = "LEAF_ALLOWED_OUTPUTS"
 ALLOWED_NETWORKS_ENV = "LEAF_ALLOWED_NETWORKS"
@@ -87,21 +90,27 @@ def _same_request(a: Mapping[str, Any], b: ProductionRequest) -> bool:
     return mine == theirs
 
 
-def _expected_objects(run: dict[str, Any]) -> Any:
-    """The objects a compact run record expects (derived from its stored request); empty if it has none."""
+def _expected_objects(run: dict[str, Any], sink: Sink | None) -> Any:
+    """The objects a compact run record expects (derived from its stored request); empty if it has none.
+
+    With the ``sink`` the records were read from, the derivation is the catalogue's, cached per claim (keyed by
+    the record's URI, claim token and creation time: a record whose request changes is a new claim)."""
     if not isinstance(run.get("request"), dict):
         return {}
     from .catalogue.expectations import record_expectations
+    from .catalogue.runs import run_expectations
 
     try:
-        return record_expectations(run).objects
+        return (run_expectations(sink, run) if sink is not None else record_expectations(run)).objects
     except Exception:  # a record this version cannot read cannot be compared; its owner is not blocked either
         return {}
 
 
-def conflict_problems(runs: list[dict[str, Any]], req: ProductionRequest, objects: set[str]) -> list[Problem]:
+def conflict_problems(runs: list[dict[str, Any]], req: ProductionRequest, objects: set[str], *,
+                      sink: Sink | None = None) -> list[Problem]:
     """Problems when another request's live run (in ``runs``, the records of the request's out_folder) expects
-    any of ``objects`` (what ``req`` would write) and is not the same request."""
+    any of ``objects`` (what ``req`` would write) and is not the same request. ``sink``: where ``runs`` were
+    read; given, each run's expectations are derived once per claim, not on every message."""
     for run in runs:
         rid = run.get("request_id")
         if run.get("state") in _NOT_LIVE:
@@ -115,7 +124,7 @@ def conflict_problems(runs: list[dict[str, Any]], req: ProductionRequest, object
                                 "out_folder: give this request its own request_id (or none: one is derived "
                                 "from its content)")]
             continue
-        theirs = run.get("objects") or _expected_objects(run)
+        theirs = run.get("objects") or _expected_objects(run, sink)
         clash = next((k for k in objects if k in theirs), None)
         if clash is None:
             continue

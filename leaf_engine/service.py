@@ -316,36 +316,39 @@ class RequestService:
         refused = admission.output_problems(self.config.allowed_outputs, req)
         if refused:
             return self.reject(msg, refused, "forbidden_destination", raw=raw)
-        over = self._over_budget(req)
+        plan = make_plan(req)  # once per message: the budget, the conflict check and the start all read it
+        over = self._over_budget(req, plan)
         if over is not None:
             return self.reject(msg, [over], "over_budget", raw=raw)
         try:
-            conflict = admission.conflict_problems(list_runs(self.sink_for(req.GCS_bucket), req.out_folder), req,
-                                                   set(make_plan(req).expected_objects()))
+            sink = self.sink_for(req.GCS_bucket)
+            conflict = admission.conflict_problems(list_runs(sink, req.out_folder), req,
+                                                   set(plan.expected_objects()), sink=sink)
             if conflict:
                 return self.reject(msg, conflict, "conflicting_request", raw=raw)
-            return self.start(req, msg.message_id or _error_id(msg, raw))
+            return self.start(req, msg.message_id or _error_id(msg, raw), plan)
         except SinkError as e:  # no such bucket, no permission: retrying will not help
             problem = Problem("GCS_bucket", req.GCS_bucket, f"cannot write the run record: {e}")
             return self.reject(msg, [problem], "unwritable_destination", raw=raw)
 
-    def _over_budget(self, req: ProductionRequest) -> Problem | None:
-        """The request's EECU estimate against its ``max_eecu_hours`` and LEAF_MAX_EECU_HOURS (the lower)."""
+    def _over_budget(self, req: ProductionRequest, plan: Plan) -> Problem | None:
+        """The request's EECU estimate (of ``plan``, the request's plan) against its ``max_eecu_hours`` and
+        LEAF_MAX_EECU_HOURS (the lower)."""
         limits = [(v, k) for v, k in ((req.max_eecu_hours, "max_eecu_hours"),
                                        (self.config.max_eecu_hours, "LEAF_MAX_EECU_HOURS")) if v is not None]
         if not limits:
             return None
         limit, key = min(limits)
-        plan = make_plan(req)
         est = eecu.estimate(req, plan)["eecu_hours"]
         if est <= limit:
             return None
         return Problem(key, limit, f"the request is estimated at {est:,.1f} EECU-hours (leaf_engine.eecu model), "
                                    f"over the budget of {limit:,.1f}; {eecu.split_advice(est, limit, len(plan.jobs))}")
 
-    def start(self, req: ProductionRequest, message_id: str) -> StartResult:
+    def start(self, req: ProductionRequest, message_id: str, plan: Plan | None = None) -> StartResult:
+        """Claim the run and start its jobs. ``plan``: the request's plan when the caller already made it."""
         sink = self.sink_for(req.GCS_bucket or "")
-        plan = make_plan(req)
+        plan = plan if plan is not None else make_plan(req)
         key = run_record_key(req.out_folder, req.request_id)
         ctx = {"request_id": req.request_id}
         # First write: a missing or unwritable bucket fails here, as an unwritable destination.
@@ -383,7 +386,7 @@ class RequestService:
         key = run_record_key(req.out_folder, req.request_id)
         ctx = {"request_id": req.request_id}
         token = record.claim_token or ""
-        write_collection(sink, req, skipped, record)
+        write_collection(sink, req, skipped, record, plan)
         todo = _without_items(plan, set(skipped))
         if not todo.files:
             self._finish(sink, req, token, SUCCEEDED)
@@ -493,10 +496,11 @@ def _holds_claim(record: RunRecord, token: str) -> bool:
     return record.claim_token == token
 
 
-def write_collection(sink: Sink, req: ProductionRequest, skipped: list[str], record: RunRecord | None = None
-                     ) -> None:
-    """The run's STAC collection with every item pending (or skipped), and the root catalog; idempotent."""
-    items, objects = expectations(req, make_plan(req))
+def write_collection(sink: Sink, req: ProductionRequest, skipped: list[str], record: RunRecord | None = None,
+                     plan: Plan | None = None) -> None:
+    """The run's STAC collection with every item pending (or skipped), and the root catalog; idempotent.
+    ``plan``: the request's whole plan (made here when not given)."""
+    items, objects = expectations(req, plan if plan is not None else make_plan(req))
     run = record.to_doc() if record is not None else None
 
     def mutate(doc: dict | None) -> tuple[dict | None, None]:

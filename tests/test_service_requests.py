@@ -298,3 +298,45 @@ def test_a_transient_failure_after_the_claim_releases_it(env, monkeypatch: pytes
     monkeypatch.undo()
     assert service.handle(_msg(_raw())).status == "started"  # the redelivery starts at once
     assert len(backend.starts) == 1
+
+
+def test_a_message_makes_its_plan_once_and_other_runs_expectations_once_per_claim(
+        env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted on the real functions (wrapped, not replaced): the budget check, the conflict check, the claim and
+    the collection share one plan per message; another live run's expectations are derived once per claim."""
+    import dataclasses
+    import importlib
+
+    import leaf_engine.plan as plan_module
+    import leaf_engine.service as service_module
+
+    # the module, not the package's function of the same name
+    expectations_module = importlib.import_module("leaf_engine.catalogue.expectations")
+    service, backend, _buckets = env
+    service.config = dataclasses.replace(service.config, max_eecu_hours=1000.0)  # the budget check plans too
+    plans: list[str] = []
+    derived: list[str] = []
+    real_plan, real_expectations = plan_module.make_plan, expectations_module.record_expectations
+
+    def counted_plan(req: ProductionRequest) -> Plan:
+        plans.append(req.request_id)
+        return real_plan(req)
+
+    def counted_expectations(record: dict) -> Any:
+        derived.append(record["request_id"])
+        return real_expectations(record)
+
+    monkeypatch.setattr(service_module, "make_plan", counted_plan)
+    monkeypatch.setattr(plan_module, "make_plan", counted_plan)
+    monkeypatch.setattr(expectations_module, "record_expectations", counted_expectations)
+    rid = {m: parse_request(_raw(months=[m])).request_id for m in (6, 7, 8)}
+    # (month, message, outcome, the runs whose expectations it derives): a request's own run is not compared
+    steps = [(7, "m1", "started", []), (8, "m2", "started", [rid[7]]), (8, "m3", "duplicate", []),
+             (6, "m4", "started", [rid[8]]), (6, "m5", "duplicate", [])]
+    for month, mid, status, derives in steps:
+        plans.clear()
+        derived.clear()
+        assert service.handle(_msg(_raw(months=[month]), mid)).status == status
+        assert derived == derives  # each other live run derived once, then taken from the cache
+        assert plans == [rid[month], *derives]  # this message's own plan once; each derivation plans its run
+    assert len(backend.starts) == 3

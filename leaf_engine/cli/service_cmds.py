@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import LeafError
 from ._app import app, console, console_err
+
+if TYPE_CHECKING:
+    from ..sinks import GcsSink
 
 RequestPath = Annotated[Path, typer.Argument(help="Production request (JSON file, or - for standard input).")]
 
@@ -113,6 +116,16 @@ Folder = Annotated[str, typer.Option("--folder", help="The request's out_folder.
 Project = Annotated[str | None, typer.Option("--project", help="Earth Engine cloud project.")]
 
 
+def _lifecycle(bucket: str, project: str | None) -> tuple[GcsSink, dict[str, Any]]:
+    """The bucket's sink and what every lifecycle command passes on: the Earth Engine tasks of ``project`` and
+    the run-finished publisher (LEAF_RUN_FINISHED_TOPIC, when set)."""
+    from .. import reconcile as lifecycle
+    from ..sinks import GcsSink
+
+    return GcsSink(bucket), {"backend": lifecycle.earth_engine_tasks(project),
+                             "publisher": lifecycle.run_finished_publisher()}
+
+
 @app.command()
 def reconcile(
     bucket: Bucket,
@@ -127,10 +140,9 @@ def reconcile(
     LEAF_RETRY_BACKOFF_S, LEAF_HANDLER_BUDGET_S; run-finished messages go to LEAF_RUN_FINISHED_TOPIC when set.
     """
     from .. import reconcile as lifecycle
-    from ..sinks import GcsSink
 
-    outcomes = lifecycle.reconcile(GcsSink(bucket), folder, backend=lifecycle.earth_engine_tasks(project),
-                                   publisher=lifecycle.run_finished_publisher())
+    sink, wiring = _lifecycle(bucket, project)
+    outcomes = lifecycle.reconcile(sink, folder, **wiring)
     for o in outcomes:
         print(json.dumps(o.to_dict()))
 
@@ -144,10 +156,9 @@ def cancel(
 ) -> None:
     """Cancel a run: its Earth Engine operations are cancelled and it ends CANCELLED (no tile-ready after)."""
     from .. import reconcile as lifecycle
-    from ..sinks import GcsSink
 
-    record = lifecycle.cancel_run(GcsSink(bucket), folder, request_id, backend=lifecycle.earth_engine_tasks(project),
-                                  publisher=lifecycle.run_finished_publisher())
+    sink, wiring = _lifecycle(bucket, project)
+    record = lifecycle.cancel_run(sink, folder, request_id, **wiring)
     print(json.dumps({"request_id": request_id, "state": record.state, "counts": record.counts()}))
 
 
@@ -160,9 +171,7 @@ def resume(
 ) -> None:
     """Resume a run: resubmit its failed, cancelled or missing exports (new attempts), skip complete ones."""
     from .. import reconcile as lifecycle
-    from ..sinks import GcsSink
 
-    outcome = lifecycle.resume_run(GcsSink(bucket), folder, request_id,
-                                   backend=lifecycle.earth_engine_tasks(project),
-                                   publisher=lifecycle.run_finished_publisher())
+    sink, wiring = _lifecycle(bucket, project)
+    outcome = lifecycle.resume_run(sink, folder, request_id, **wiring)
     print(json.dumps(outcome.to_dict()))
