@@ -12,29 +12,18 @@ fence. Everything else (start_production, the uploads, the test's own reads) goe
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import pytest
 
-from leaf_engine.catalogue import ExpectedObject
 from leaf_engine.naming import collection_key, item_key, run_record_key
 from leaf_engine.sinks import GcsSink
-from tests.support.emulators import (
-    Emulators,
-    create_bucket,
-    create_subscription,
-    function_server,
-    pull,
-    service_stack,
-    wait_for,
-)
-from tests.support.fake_exports import geotiff_bytes
+from tests.support.emulators import Emulators, create_subscription, function_server, pull, wait_for
 from tests.support.fault_proxy import DELAY, PASS, FaultProxy
 from tests.support.runs import with_expectations
+from tests.support.service_e2e import e2e_request, expected_files, serving
 
 pytestmark = [pytest.mark.emulators, pytest.mark.slow]
 
@@ -74,33 +63,27 @@ class HoldClaimHolder:
 def test_catalogue_handler_delayed_past_the_redelivery_publishes_once(emulators: Emulators) -> None:
     from leaf_engine.request import parse_request
 
-    create_bucket(emulators, BUCKET)
     sink = GcsSink(BUCKET)
     folder = f"redelivery/{uuid.uuid4().hex[:8]}"
-    raw = {"sensor": "S2_SR", "year": 2020, "months": [7], "tile_names": ["tile42_911"], "resolution": 1000,
-           "GCS_bucket": BUCKET, "out_folder": folder}
+    raw = e2e_request(BUCKET, folder, months=[7])
     req = parse_request(raw)
     item_id, ikey = "tile42_911_2020_Jul", item_key(folder, "tile42_911", 2020, "Jul")
     hold = HoldClaimHolder(sink, ikey)
 
     with FaultProxy(emulators.storage_url, hold, delay_s=DELAY_S) as proxy, \
-            service_stack(emulators, "external", requests_topic="leaf-requests-redelivery",
-                          catalogue=False) as svc, \
+            serving(emulators, BUCKET, "external", requests_topic="leaf-requests-redelivery",
+                    catalogue=False) as svc, \
             function_server(emulators, "catalogue_output",
                             {**svc.env, "STORAGE_EMULATOR_HOST": proxy.url}) as cat_url:
-        create_subscription(emulators, svc.gcs_events_topic, f"push-catalogue-slow-{uuid.uuid4().hex[:6]}",
-                            push_endpoint=f"{cat_url}/{svc.gcs_events_topic}", ack_deadline_s=ACK_DEADLINE_S)
-        cat_log = next(s.log_path for s in emulators.services if s.url == cat_url and s.name.startswith("function-"))
-        ready = create_subscription(emulators, svc.tile_ready_topic, f"ready-{uuid.uuid4().hex[:8]}")
+        create_subscription(emulators, svc.svc.gcs_events_topic, f"push-catalogue-slow-{uuid.uuid4().hex[:6]}",
+                            push_endpoint=f"{cat_url}/{svc.svc.gcs_events_topic}", ack_deadline_s=ACK_DEADLINE_S)
+        cat_log = svc.log(cat_url)
+        ready = svc.subscription(svc.tile_ready_topic, "ready")
 
-        from google.cloud import pubsub_v1
-
-        pubsub_v1.PublisherClient().publish(svc.requests_topic, json.dumps(raw).encode()).result(timeout=30)
+        svc.publish(json.dumps(raw).encode())
         rkey = run_record_key(folder, req.request_id)
-        wait_for(lambda: (sink.read_json(rkey) or ({},))[0].get("state") == "PROCESSING", 60, "the run to start")
-        record = with_expectations(sink.read_json(rkey)[0])  # type: ignore[index]
-        with tempfile.TemporaryDirectory() as tmp:
-            blobs = {k: geotiff_bytes(ExpectedObject.from_dict(o), Path(tmp)) for k, o in record["objects"].items()}
+        record = with_expectations(svc.wait_run(folder, req.request_id, "PROCESSING"))
+        blobs = expected_files(record)
         *first, last = sorted(blobs)
         assert len(first) == 5
 

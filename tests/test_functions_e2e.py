@@ -18,19 +18,11 @@ from pathlib import Path
 import pytest
 
 from leaf_engine.catalogue import ExpectedObject
-from leaf_engine.naming import collection_key, error_records_prefix, item_key, run_record_key
-from leaf_engine.sinks import GcsSink
-from tests.support.emulators import (
-    ERRORS_BUCKET,
-    Emulators,
-    create_bucket,
-    create_subscription,
-    pull,
-    service_stack,
-    wait_for,
-)
+from leaf_engine.naming import collection_key, error_records_prefix, item_key
+from tests.support.emulators import ERRORS_BUCKET, Emulators, pull, wait_for
 from tests.support.fake_exports import geotiff_bytes
 from tests.support.runs import with_expectations
+from tests.support.service_e2e import E2EService, e2e_request, expected_files, serving
 
 pytestmark = [pytest.mark.emulators, pytest.mark.slow]
 
@@ -38,38 +30,28 @@ BUCKET = "leaf-e2e"
 
 
 def _request(folder: str, **extra: object) -> dict:
-    return {"sensor": "S2_SR", "year": 2020, "months": [7, 8], "tile_names": ["tile42_911"], "resolution": 1000,
-            "GCS_bucket": BUCKET, "out_folder": folder, **extra}
+    return e2e_request(BUCKET, folder, **extra)
 
 
-class Stack:
-    def __init__(self, emu: Emulators, requests_topic: str, ready_topic: str, start_log: Path):
-        self.emu, self.requests_topic, self.ready_topic, self.start_log = emu, requests_topic, ready_topic, start_log
-        self.sink = GcsSink(BUCKET)
-        self.catalogue_log: Path = start_log
+class Stack(E2EService):
+    @property
+    def start_log(self) -> Path:
+        return self.log(self.svc.start_url)
+
+    @property
+    def catalogue_log(self) -> Path:
+        return self.log(self.svc.catalogue_url or self.svc.start_url)
 
     def ready_subscription(self) -> str:
         """A fresh pull subscription: it sees only tile-ready messages published from now on."""
-        return create_subscription(self.emu, self.ready_topic, f"ready-{uuid.uuid4().hex[:8]}")
-
-    def publish(self, data: bytes, **attributes: str) -> None:
-        from google.cloud import pubsub_v1
-
-        pubsub_v1.PublisherClient().publish(self.requests_topic, data, **attributes).result(timeout=30)
-
-    def run_record(self, folder: str, request_id: str) -> dict | None:
-        got = self.sink.read_json(run_record_key(folder, request_id))
-        return got[0] if got else None
+        return self.subscription(self.tile_ready_topic, "ready")
 
     def wait_record(self, folder: str, request_id: str, state: str) -> dict:
-        wait_for(lambda: (self.run_record(folder, request_id) or {}).get("state") == state, 60,
-                 f"run {request_id} in state {state}")
-        return with_expectations(self.run_record(folder, request_id))  # type: ignore[arg-type]
+        return with_expectations(self.wait_run(folder, request_id, state))
 
     def upload_outputs(self, record: dict, repeats: int = 1) -> None:
         """Play Earth Engine: write every expected object (``repeats`` generations each, concurrently)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            blobs = {k: geotiff_bytes(ExpectedObject.from_dict(o), Path(tmp)) for k, o in record["objects"].items()}
+        blobs = expected_files(record)
         jobs = [k for k in blobs for _ in range(repeats)]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda k: self.sink.put_bytes(k, blobs[k], "image/tiff"), jobs))
@@ -77,16 +59,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(emulators: Emulators):
-    create_bucket(emulators, BUCKET)
-    with service_stack(emulators, "external") as svc:
-        stack = Stack(emulators, svc.requests_topic, svc.tile_ready_topic, _server_log(emulators, svc.start_url))
-        stack.catalogue_log = _server_log(emulators, svc.catalogue_url)
-        yield stack
-
-
-def _server_log(emu: Emulators, url: str) -> Path:
-    """The log file of the function server at ``url`` (its JSON lines show how often a message was handled)."""
-    return next(s.log_path for s in emu.services if s.name.startswith("function-") and s.url == url)
+    with serving(emulators, BUCKET, "external") as svc:
+        yield Stack(svc.emu, svc.svc, svc.sink)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +68,9 @@ def gee_stack(stack: Stack):
     """start_production on the Earth Engine backend, talking to the local Earth Engine stand-in."""
     from tests.support.ee_standin import EEStandIn
 
-    with EEStandIn() as ee_server, service_stack(stack.emu, "gee", {"LEAF_EE_URL": ee_server.url},
-                                                 requests_topic="leaf-requests-gee", catalogue=False) as svc:
-        yield Stack(stack.emu, svc.requests_topic, svc.tile_ready_topic, _server_log(stack.emu, svc.start_url)), \
-            ee_server
+    with EEStandIn() as ee_server, serving(stack.emu, BUCKET, "gee", {"LEAF_EE_URL": ee_server.url},
+                                           requests_topic="leaf-requests-gee", catalogue=False) as svc:
+        yield Stack(svc.emu, svc.svc, svc.sink), ee_server
 
 
 def test_earth_engine_backend_end_to_end(gee_stack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,15 +197,15 @@ def test_a_bad_overwrite_degrades_a_complete_item_until_a_good_file_fixes_it(sta
     assert not item["properties"]["leaf:complete"]
     assert "not a readable GeoTIFF" in item["properties"]["leaf:problems"][bad]["errors"][0]
     assert bad in collection()["leaf:item_problems"][item_id] and item_id in collection()["leaf:degraded"]
-    wait_for(lambda: item_id in (stack.run_record(folder, req.request_id) or {}).get("degraded", {}), 30,
+    wait_for(lambda: item_id in (stack.run_doc(folder, req.request_id) or {}).get("degraded", {}), 30,
              "the run record to list the degraded item")
-    assert stack.run_record(folder, req.request_id)["state"] == "SUCCEEDED"  # type: ignore[index]
+    assert stack.run_doc(folder, req.request_id)["state"] == "SUCCEEDED"  # type: ignore[index]
 
     with tempfile.TemporaryDirectory() as tmp:
         stack.sink.put_bytes(bad, geotiff_bytes(ExpectedObject.from_dict(record["objects"][bad]), Path(tmp)),
                              "image/tiff")
     wait_for(lambda: collection()["leaf:items"][item_id] == "complete", 60, "the collection to say complete")
-    wait_for(lambda: (stack.run_record(folder, req.request_id) or {}).get("degraded") == {}, 30,
+    wait_for(lambda: (stack.run_doc(folder, req.request_id) or {}).get("degraded") == {}, 30,
              "the run record to clear the degraded item")
     assert collection()["leaf:degraded"] == {} and collection()["leaf:item_problems"] == {}
     assert _pull(ready, expect=0) == []  # complete again, announced once already
@@ -249,7 +222,7 @@ def test_duplicate_request_starts_nothing(stack: Stack) -> None:
     stack.wait_record(folder, req.request_id, "PROCESSING")
     wait_for(lambda: _log_count(stack, f'"request_id": "{req.request_id}"', "request duplicate") >= 1, 30,
              "the duplicate delivery to be handled")
-    record = stack.run_record(folder, req.request_id)
+    record = stack.run_doc(folder, req.request_id)
     assert record is not None
     assert [h["state"] for h in record["history"]] == ["CLAIMED", "PROCESSING"]
     assert record["attempt"] == 1

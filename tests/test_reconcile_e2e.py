@@ -18,18 +18,9 @@ import pytest
 
 from leaf_engine.catalogue.runs import RunRecord, read_run
 from leaf_engine.request import parse_request
-from leaf_engine.sinks import GcsSink
 from tests.support.ee_standin import EEStandIn
-from tests.support.emulators import (
-    Emulators,
-    create_bucket,
-    create_subscription,
-    create_topic,
-    function_server,
-    pull,
-    service_stack,
-    wait_for,
-)
+from tests.support.emulators import Emulators, create_subscription, create_topic, function_server, pull, wait_for
+from tests.support.service_e2e import E2EService, e2e_request, gcs_writer, serving
 
 pytestmark = [pytest.mark.emulators, pytest.mark.slow]
 
@@ -38,68 +29,41 @@ LEASE_S = 8
 
 
 @dataclass
-class Lifecycle:
-    emu: Emulators
+class Lifecycle(E2EService):
     ee: EEStandIn
-    requests_topic: str
-    tile_ready_topic: str
     reconcile_topic: str
     finished_topic: str
-    start_url: str
     reconcile_url: str
-    env: dict[str, str]
-    sink: GcsSink
     servers: ExitStack
     """Keeps servers restarted by a test running until the module ends."""
-
-    def publish(self, topic: str, data: bytes) -> None:
-        from google.cloud import pubsub_v1
-
-        pubsub_v1.PublisherClient().publish(topic, data).result(timeout=30)
-
-    def subscription(self, topic: str) -> str:
-        return create_subscription(self.emu, topic, f"sub-{uuid.uuid4().hex[:8]}")
 
     def record(self, folder: str, request_id: str) -> RunRecord | None:
         return read_run(self.sink, folder, request_id)
 
     def wait_state(self, folder: str, request_id: str, *states: str, timeout_s: float = 90) -> RunRecord:
-        wait_for(lambda: (r := self.record(folder, request_id)) is not None and r.state in states, timeout_s,
-                 f"run {request_id} in {states}")
-        got = self.record(folder, request_id)
-        assert got is not None
-        return got
+        return RunRecord.from_doc(self.wait_run(folder, request_id, *states, timeout_s=timeout_s))
 
     def tick(self, folder: str) -> None:
-        self.publish(self.reconcile_topic, json.dumps({"bucket": BUCKET, "folder": folder}).encode())
-
-
-def _gcs_writer(bucket: str, key: str, data: bytes) -> None:
-    from google.cloud import storage
-
-    storage.Client().bucket(bucket).blob(key).upload_from_string(data, content_type="image/tiff")
+        self.publish(json.dumps({"bucket": BUCKET, "folder": folder}).encode(), self.reconcile_topic)
 
 
 @pytest.fixture(scope="module")
 def life(emulators: Emulators) -> Iterator[Lifecycle]:
-    create_bucket(emulators, BUCKET)
     finished = create_topic(emulators, "leaf-run-finished")
     reconcile_topic = create_topic(emulators, "leaf-reconcile")
-    with EEStandIn(writer=_gcs_writer) as ee_server, ExitStack() as stack:
+    with EEStandIn(writer=gcs_writer) as ee_server, ExitStack() as stack:
         env = {"LEAF_EE_URL": ee_server.url, "LEAF_EE_PROJECT": "leaf-test", "LEAF_RUN_FINISHED_TOPIC": finished,
                "LEAF_RETRY_BACKOFF_S": "0", "LEAF_CLAIM_LEASE_S": str(LEASE_S), "LEAF_HANDLER_BUDGET_S": "5",
                "LEAF_EE_STARTS_PER_SECOND": "0"}
-        svc = stack.enter_context(service_stack(emulators, "gee", env, requests_topic="leaf-requests-life"))
+        svc = stack.enter_context(serving(emulators, BUCKET, "gee", env, requests_topic="leaf-requests-life"))
         rec_url = stack.enter_context(function_server(emulators, "reconcile_runs", svc.env))
         create_subscription(emulators, reconcile_topic, f"push-reconcile-{uuid.uuid4().hex[:6]}",
                             push_endpoint=f"{rec_url}/{reconcile_topic}")
-        yield Lifecycle(emulators, ee_server, svc.requests_topic, svc.tile_ready_topic, reconcile_topic, finished,
-                        svc.start_url, rec_url, svc.env, GcsSink(BUCKET), stack)
+        yield Lifecycle(svc.emu, svc.svc, svc.sink, ee_server, reconcile_topic, finished, rec_url, stack)
 
 
 def _request(folder: str, **extra: object) -> dict:
-    return {"sensor": "S2_SR", "year": 2020, "months": [7, 8], "tile_names": ["tile42_911"], "resolution": 1000,
-            "GCS_bucket": BUCKET, "out_folder": folder, "prod_names": ["LAI"], **extra}
+    return e2e_request(BUCKET, folder, **{"prod_names": ["LAI"], **extra})
 
 
 def test_a_permanent_failure_ends_partial_with_one_run_finished_message(life: Lifecycle) -> None:
@@ -107,7 +71,7 @@ def test_a_permanent_failure_ends_partial_with_one_run_finished_message(life: Li
     raw = _request(folder)
     rid = parse_request(raw).request_id
     finished, ready = life.subscription(life.finished_topic), life.subscription(life.tile_ready_topic)
-    life.publish(life.requests_topic, json.dumps(raw).encode())
+    life.publish(json.dumps(raw).encode())
     rec = life.wait_state(folder, rid, "PROCESSING")
     assert len(rec.tasks) == 6
     life.ee.fail(life.ee.task_for(f"{folder}/tile42_911/2020/tile42_911_2020_Aug_LAI"), "User memory limit exceeded.")
@@ -137,7 +101,7 @@ def test_a_transient_failure_is_retried_and_the_run_succeeds(life: Lifecycle) ->
     raw = _request(folder, months=[7])
     rid = parse_request(raw).request_id
     finished = life.subscription(life.finished_topic)
-    life.publish(life.requests_topic, json.dumps(raw).encode())
+    life.publish(json.dumps(raw).encode())
     rec = life.wait_state(folder, rid, "PROCESSING")
     lai = next(t for t in rec.tasks if t.product == "LAI")
     life.ee.fail(lai.task_id or "", "Computation timed out.")
@@ -192,9 +156,9 @@ def test_a_handler_killed_after_its_claim_then_redelivery_finishes_the_start(lif
     rid = parse_request(raw).request_id
     release = life.ee.hold("image:export")
     starts_before = len(life.ee.exports)
-    server = next(s for s in life.emu.services if s.url == life.start_url and s.process.poll() is None)
+    server = life.server(life.start_url)
     try:
-        life.publish(life.requests_topic, json.dumps(raw).encode())
+        life.publish(json.dumps(raw).encode())
         wait_for(lambda: any(r.path.endswith("image:export") and r.status == 0 for r in life.ee.requests), 60,
                  "the handler to be inside its first export start")
         assert (rec := life.record(folder, rid)) is not None and rec.state == "CLAIMED"
@@ -223,7 +187,7 @@ def test_cancel_mid_run_then_resume_through_the_cli(life: Lifecycle, monkeypatch
     raw = _request(folder)
     rid = parse_request(raw).request_id
     finished, ready = life.subscription(life.finished_topic), life.subscription(life.tile_ready_topic)
-    life.publish(life.requests_topic, json.dumps(raw).encode())
+    life.publish(json.dumps(raw).encode())
     rec = life.wait_state(folder, rid, "PROCESSING")
     july = [t for t in rec.tasks if "_Jul_" in t.prefix]
     life.ee.succeed(next(t.task_id for t in july if t.product == "LAI") or "")
@@ -242,7 +206,7 @@ def test_cancel_mid_run_then_resume_through_the_cli(life: Lifecycle, monkeypatch
             from tests.support.ee_standin import export_files
 
             for key, data in export_files(life.ee.bodies[life.ee._find(t.task_id or "")["name"]]):
-                _gcs_writer(BUCKET, key, data)
+                gcs_writer(BUCKET, key, data)
     wait_for(lambda: (item := life.sink.read_json(f"{folder}/_stac/tile42_911/tile42_911_2020_Jul.json"))
              is not None and item[0]["properties"]["leaf:complete"], 60, "the July item to be complete")
     assert [json.loads(m.data)["state"] for m in pull(finished, expect=1, timeout_s=30, settle_s=3)] == [
