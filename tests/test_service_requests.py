@@ -340,3 +340,18 @@ def test_a_message_makes_its_plan_once_and_other_runs_expectations_once_per_clai
         assert derived == derives  # each other live run derived once, then taken from the cache
         assert plans == [rid[month], *derives]  # this message's own plan once; each derivation plans its run
     assert len(backend.starts) == 3
+
+
+def test_the_conflict_check_sees_a_run_taken_over_by_another_request_under_its_id(env) -> None:
+    """The cached expectations are per claim: a run record re-claimed (same URI) for a different production is
+    compared by what it expects now, not by what its earlier claim expected."""
+    from leaf_engine.catalogue.runs import set_state
+
+    service, _backend, buckets = env
+    assert service.handle(_msg(_raw(months=[7]), "m1", request_id="rid-1")).status == "started"
+    assert service.handle(_msg(_raw(months=[6]), "m2")).status == "started"  # caches rid-1's July expectations
+    assert set_state(buckets(BUCKET), "prod", "rid-1", "FAILED")
+    assert service.handle(_msg(_raw(months=[8]), "m3", request_id="rid-1")).status == "started"  # August now
+    other = service.handle(_msg(_raw(months=[8], prod_names=["LAI"]), "m4"))  # August LAI: rid-1's files
+    assert other.status == "invalid" and "overwrite another request's outputs" in other.problems[0]["rule"]
+    assert "rid-1" in other.problems[0]["rule"]
