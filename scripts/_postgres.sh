@@ -10,7 +10,9 @@ pg_missing() { # prints the packages to install, nothing when PostgreSQL and Pos
     return
   fi
   major=$(basename "$(dirname "$bindir")")
-  [ -f "/usr/share/postgresql/$major/extension/postgis.control" ] || echo "postgresql-$major-postgis-3"
+  # Debian splits PostGIS: the library (postgresql-N-postgis-3) and the SQL scripts and control file (-scripts)
+  [ -f "/usr/share/postgresql/$major/extension/postgis.control" ] && [ -f "$bindir/../lib/postgis-3.so" ] \
+    || echo "postgresql-$major-postgis-3 postgresql-$major-postgis-3-scripts"
 }
 
 pg_packages=$(pg_missing)

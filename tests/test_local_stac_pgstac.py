@@ -1,4 +1,4 @@
-"""The local engine over stac-fastapi-pgstac: the STAC API server of Earth Search and Planetary Computer.
+"""The local engine over stac-fastapi-pgstac, the STAC API server behind Planetary Computer.
 
 Servers on loopback: the example COGs over HTTP with range requests, and a PostgreSQL cluster with pgstac (a
 database per shape) behind stac-fastapi-pgstac, loaded with the Bouconne (Sentinel-2) and Canberra (Landsat-5)

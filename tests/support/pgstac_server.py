@@ -5,9 +5,10 @@ free loopback port; as the unprivileged ``nobody`` when run as root, which ``ini
 per named catalogue, installs pgstac into it (``pypgstac migrate``), loads its collections and items (pypgstac's
 loader) and serves each database with stac-fastapi-pgstac under uvicorn. Everything is stopped and deleted on exit.
 
-This is the server the public APIs run (Earth Search and Planetary Computer are pgstac): item search by GET and
-POST, ``next`` links with opaque page tokens, the query, filter (CQL2), sort and fields extensions, and its own
-refusals (unknown collections, invalid filters, limits).
+This is the server behind Planetary Computer's STAC API (Earth Search runs stac-server on OpenSearch): item
+search by GET and POST, ``next`` links with opaque page tokens, the query, filter (CQL2), sort and fields
+extensions, and its own answers to what it cannot do (no items for an unknown collection, 500 for an unknown CQL2
+operator, 400 for an invalid geometry or a reversed interval).
 
 PostgreSQL and PostGIS come from the distribution's packages (``scripts/_postgres.sh`` installs them on a CI or
 development machine); :func:`unavailable` says what is missing.
@@ -51,11 +52,19 @@ def unavailable() -> str | None:
     bindir = pg_bindir()
     if bindir is None:
         return "no PostgreSQL server (initdb) is installed: apt-get install postgresql postgis (scripts/test does)"
-    share = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, check=False)
-    sharedir = Path(share.stdout.strip()) if share.returncode == 0 else bindir.parent / "share"
-    if not (sharedir / "extension" / "postgis.control").exists():
-        return (f"PostGIS is not installed for the PostgreSQL server in {bindir} (no {sharedir}/extension/"
-                f"postgis.control): apt-get install postgresql-{bindir.parent.name}-postgis-3 (scripts/test does)")
+    config = subprocess.run([str(bindir / "pg_config"), "--sharedir", "--pkglibdir"], capture_output=True,
+                            text=True, check=False)
+    if config.returncode != 0:
+        return f"{bindir / 'pg_config'} failed: {config.stderr.strip()}"
+    sharedir, libdir = map(Path, config.stdout.split())
+    # Debian splits PostGIS in two packages: the library, and the SQL scripts with the control file
+    needed = [sharedir / "extension" / "postgis.control", libdir / "postgis-3.so"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        major = bindir.parent.name
+        return (f"PostGIS is not installed for the PostgreSQL server in {bindir} (missing {', '.join(missing)}): "
+                f"apt-get install postgresql-{major}-postgis-3 postgresql-{major}-postgis-3-scripts "
+                "(scripts/test does)")
     return None
 
 
