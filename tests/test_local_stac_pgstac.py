@@ -15,7 +15,9 @@ failure instead of a skip).
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from datetime import UTC, date, datetime
 
 import distributed
@@ -75,7 +77,8 @@ def apis(tmp_path_factory):
         for shape in ("earth-search", "planetary-computer"):
             collections, items = catalog_contents(public_shape_catalog(tmp / shape, SOURCES, shape, files))
             databases[shape] = (collections, items + _edge_items(items) if shape == "earth-search" else items)
-        with serve_pgstac(databases) as urls:
+        # the same Earth Search items behind an API with paging only (no query/filter/sort/fields extensions)
+        with serve_pgstac(databases, {"minimal": ("earth-search", "pagination")}) as urls:
             yield urls
 
 
@@ -120,6 +123,18 @@ def test_search_follows_next_tokens_and_filters_cloud_cover_on_the_server(apis, 
     es = apis["earth-search"]
     assert sorted(s.id for s in stac_api.discover(es, "S2_SR", BOUCONNE, *year)) == sorted(i.id for i in clear)
     assert len(stac_api.discover(es, "S2_SR", BOUCONNE, *year, max_cloud_cover=100)) == 14
+
+
+def test_an_api_without_the_filter_extension_gives_the_same_scenes(apis):
+    year = (date(2018, 1, 1), date(2018, 12, 31))
+    with flaky_proxy(apis["minimal"]) as (url, log):
+        items = stac_api.search_items(url, "S2_SR", BOUCONNE, *year, max_cloud_cover=90)
+        landing = json.loads(urllib.request.urlopen(url + "/").read())
+    assert not any(c.endswith("#filter") or "/filter" in c for c in landing["conformsTo"])
+    assert len(items) == 14 and not any("filter" in s for s in _searches(log))  # cloud cover left to the engine
+    scenes = stac_api.discover(apis["minimal"], "S2_SR", BOUCONNE, *year)
+    assert [s.id for s in scenes] == [s.id for s in stac_api.discover(apis["earth-search"], "S2_SR", BOUCONNE, *year)]
+    assert len(scenes) == 7 and not any(s.id.endswith("_cloudy") for s in scenes)
 
 
 def test_search_window_is_whole_days_and_keeps_items_without_cloud_cover(apis):

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pystac
 
@@ -158,25 +159,31 @@ def _load(dsn: str, collections: Sequence[pystac.Collection], items: Sequence[py
 
 
 @contextlib.contextmanager
-def serve_pgstac(databases: Mapping[str, tuple[Sequence[pystac.Collection], Sequence[pystac.Item]]]
-                 ) -> Iterator[dict[str, str]]:
+def serve_pgstac(databases: Mapping[str, tuple[Sequence[pystac.Collection], Sequence[pystac.Item]]],
+                 variants: Mapping[str, tuple[str, str]] | None = None) -> Iterator[dict[str, str]]:
     """One PostgreSQL cluster with a pgstac database per entry of ``databases`` (name → collections and items),
-    each served by its own stac-fastapi-pgstac; yields the landing-page URL by name."""
+    each served by its own stac-fastapi-pgstac with every extension; ``variants`` adds servers by name over one of
+    those databases with only some extensions (name → database name, stac-fastapi-pgstac's ``ENABLED_EXTENSIONS``,
+    e.g. ``"pagination"`` for an API without query/filter/sort/fields). Yields the landing-page URL by name."""
     with postgres_cluster() as cluster, contextlib.ExitStack() as servers:
         template = None
         dsns = {}
         for name in databases:  # migrate the first, copy it for the others (before any loads into it)
             dsns[name] = _pgstac_database(cluster, f"pgstac_{name}".replace("-", "_"), template)
             template = template or f"pgstac_{name}".replace("-", "_")
-        urls = {}
         for name, (collections, items) in databases.items():
             _load(dsns[name], collections, items)
+        urls = {}
+        plan = {name: (name, None) for name in databases} | dict(variants or {})
+        for name, (database, extensions) in plan.items():
             port = _free_port()
-            host_port = dsns[name].split("@", 1)[1].split("/", 1)[0]
-            env = {"POSTGRES_USER": "postgres", "POSTGRES_PASS": "", "POSTGRES_DBNAME": dsns[name].rsplit("/", 1)[1],
-                   "POSTGRES_HOST_READER": "127.0.0.1", "POSTGRES_HOST_WRITER": "127.0.0.1",
-                   "POSTGRES_PORT": host_port.rsplit(":", 1)[1], "DB_MIN_CONN_SIZE": "1", "DB_MAX_CONN_SIZE": "4",
+            db = urlsplit(dsns[database])
+            env = {"POSTGRES_USER": "postgres", "POSTGRES_PASS": "", "POSTGRES_DBNAME": db.path.lstrip("/"),
+                   "POSTGRES_HOST_READER": str(db.hostname), "POSTGRES_HOST_WRITER": str(db.hostname),
+                   "POSTGRES_PORT": str(db.port), "DB_MIN_CONN_SIZE": "1", "DB_MAX_CONN_SIZE": "4",
                    "PYTHONWARNINGS": "ignore"}  # the server's own deprecation notices
+            if extensions is not None:
+                env["ENABLED_EXTENSIONS"] = extensions
             urls[name] = f"http://127.0.0.1:{port}"
             servers.enter_context(_child([sys.executable, "-c", _PGSTAC_APP, str(port)], urls[name] + "/", env))
         yield urls
