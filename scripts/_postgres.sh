@@ -6,7 +6,7 @@ pg_missing() { # prints the packages to install, nothing when PostgreSQL and Pos
   local bindir major
   bindir=$(find /usr/lib/postgresql -maxdepth 3 -path '*/bin/initdb' -printf '%h\n' 2>/dev/null | sort -V | tail -1) || true
   if [ -z "$bindir" ]; then
-    echo "postgresql postgis"  # the distribution's default server version and its PostGIS
+    echo "postgresql postgresql-postgis"  # the distribution's default server version and its PostGIS
     return
   fi
   major=$(basename "$(dirname "$bindir")")

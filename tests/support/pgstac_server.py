@@ -52,7 +52,8 @@ def unavailable() -> str | None:
     """Why a pgstac server cannot start here (with what to install), or None when it can."""
     bindir = pg_bindir()
     if bindir is None:
-        return "no PostgreSQL server (initdb) is installed: apt-get install postgresql postgis (scripts/test does)"
+        return ("no PostgreSQL server (initdb) is installed: apt-get install postgresql postgresql-postgis "
+                "(scripts/test does)")
     config = subprocess.run([str(bindir / "pg_config"), "--sharedir", "--pkglibdir"], capture_output=True,
                             text=True, check=False)
     if config.returncode != 0:
@@ -74,6 +75,14 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "nobody", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def _server_tmp() -> str | None:
+    """Where the cluster's folder goes: the temporary folder, unless the server user (nobody) cannot reach it."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in [tmp, *tmp.parents]):
+        return None
+    return "/tmp"
+
+
 @contextlib.contextmanager
 def postgres_cluster() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port (trust authentication, durability off: a test
@@ -84,7 +93,7 @@ def postgres_cluster() -> Iterator[str]:
     bindir = pg_bindir()
     assert bindir is not None
     # not under pytest's tmp_path: that is private to root, and the server runs as nobody
-    data = Path(tempfile.mkdtemp(prefix="leaf-pgstac-"))
+    data = Path(tempfile.mkdtemp(prefix="leaf-pgstac-", dir=_server_tmp()))
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
         os.chown(data, nobody.pw_uid, nobody.pw_gid)
