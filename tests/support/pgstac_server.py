@@ -35,9 +35,16 @@ from tests.support.stac_api_server import CORS_PATCH, _child, _free_port
 
 _PGSTAC_APP = CORS_PATCH + """
 import sys, uvicorn
-from stac_fastapi.pgstac.app import app
+import stac_fastapi.pgstac.app as module
+app = module.app if hasattr(module, "app") else module.create_app()  # 7.x builds it in a factory
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
+
+
+def _server_python() -> str:
+    """The Python that runs stac-fastapi-pgstac: this one (the locked release), or ``LEAF_PGSTAC_PYTHON``, a
+    virtual environment's interpreter with another release, to run the same tests against it."""
+    return os.environ.get("LEAF_PGSTAC_PYTHON") or sys.executable
 
 
 def pg_bindir() -> Path | None:
@@ -191,8 +198,11 @@ def serve_pgstac(databases: Mapping[str, tuple[Sequence[pystac.Collection], Sequ
                    "POSTGRES_HOST_READER": str(db.hostname), "POSTGRES_HOST_WRITER": str(db.hostname),
                    "POSTGRES_PORT": str(db.port), "DB_MIN_CONN_SIZE": "1", "DB_MAX_CONN_SIZE": "4",
                    "PYTHONWARNINGS": "ignore"}  # the server's own deprecation notices
+            # stac-fastapi-pgstac 6+ reads libpq's names instead
+            env |= {"PGUSER": "postgres", "PGPASSWORD": "", "PGHOST": str(db.hostname), "PGPORT": str(db.port),
+                    "PGDATABASE": db.path.lstrip("/")}
             if extensions is not None:
                 env["ENABLED_EXTENSIONS"] = extensions
             urls[name] = f"http://127.0.0.1:{port}"
-            servers.enter_context(_child([sys.executable, "-c", _PGSTAC_APP, str(port)], urls[name] + "/", env))
+            servers.enter_context(_child([_server_python(), "-c", _PGSTAC_APP, str(port)], urls[name] + "/", env))
         yield urls

@@ -51,7 +51,8 @@ def _init(self, app, allow_origins=("*",), allow_methods=("OPTIONS", "POST", "GE
                                  allow_origin_regex=allow_origin_regex, expose_headers=expose_headers,
                                  max_age=max_age)
 
-middleware.CORSMiddleware.__init__ = _init
+if hasattr(middleware, "CORSMiddleware"):  # stac-fastapi 6+ uses Starlette's own
+    middleware.CORSMiddleware.__init__ = _init
 """
 """Prefix of the scripts of the stac-fastapi servers (this one's and tests/support/pgstac_server.py's)."""
 
