@@ -10,7 +10,8 @@ CQL2 filter itself and answers 500 for a filter it cannot apply; the outputs thr
 ``distributed.LocalCluster`` of two worker processes must equal the threaded run from the catalogue files.
 
 Needs PostgreSQL and PostGIS (``scripts/test`` installs them; ``LEAF_REQUIRE_PGSTAC=1`` makes their absence a
-failure instead of a skip).
+failure instead of a skip). ``LEAF_PGSTAC_PYTHON``: the interpreter of a virtual environment with another
+stac-fastapi-pgstac release to serve the API (default: the locked one).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ or by ``LEAF_STAC_COLLECTIONS`` in the same ``SENSOR:collection`` form.
 
 The search asks the API for the job's collections, geometry and window (POST ``/search`` where the API offers
 it; pystac-client follows the ``next`` links, page tokens included, ``PAGE_SIZE`` items each; connection errors and
-429/5xx answers are retried with backoff), and for the cloud-cover limit as a CQL2 filter where the API implements
-the filter extension. Cloud cover, sensor and the exact footprint are then checked on every returned item by
+429/502/503/504 answers are retried with backoff), and for the cloud-cover limit as a CQL2 filter where the API
+implements the filter extension. Cloud cover, sensor and the exact footprint are then checked on every returned item by
 :func:`scenes.select_scenes`, so an API without the filter extension gives the same scenes. Items are parsed by
 :mod:`.scenes` (asset keys of Earth Search ``red``/``nir08``/``scl`` and of Planetary Computer
 ``B04``/``SR_B4``/``SCL`` alike, offsets, masks, angles).
@@ -41,7 +41,7 @@ use for Sentinel-2 L2A and Landsat C2 L2."""
 PAGE_SIZE = 100
 """Items per page asked of the API (``limit``); pystac-client follows the pages."""
 MAX_RETRIES = 5
-"""HTTP retries of each API request on connection errors and 429/5xx answers."""
+"""HTTP retries of each API request on connection errors and :data:`RETRY_STATUSES` answers."""
 RETRY_BACKOFF = 1.0
 """Seconds before the second retry, doubled for each further one (the first is immediate; urllib3's ``Retry``);
 an answer's ``Retry-After`` takes precedence."""
@@ -126,7 +126,7 @@ def _modifier(url: str) -> Callable[[Any], None] | None:
 
 
 def _retry() -> Any:
-    """Retries of every API request: connection errors and 429/5xx answers, with exponential backoff (the
+    """Retries of every API request: connection errors and :data:`RETRY_STATUSES`, with exponential backoff (the
     server's ``Retry-After`` first); POST too, since an item search changes nothing."""
     from urllib3 import Retry
 
@@ -181,8 +181,9 @@ def search_items(source: str, request_sensor: str, region: shapely.Geometry, sta
     """Items of the sensor's collections that intersect ``region`` (lon/lat) within [start, end] (whole days, UTC).
 
     With ``max_cloud_cover``, an API that implements the filter extension (CQL2 JSON) leaves out the cloudier
-    items itself (:func:`cloud_filter`); one that does not, or refuses the filter (HTTP 400), is searched without
-    it. Either way the caller checks cloud cover on every item."""
+    items itself (:func:`cloud_filter`); one that does not, or refuses the filter (an HTTP error other than
+    :data:`RETRY_STATUSES`: pgstac answers 500 for an operator it lacks), is searched without it. Either way the
+    caller checks cloud cover on every item."""
     from pystac_client import Client, ConformanceClasses
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
