@@ -116,7 +116,8 @@ def postgres_cluster() -> Iterator[str]:
     except subprocess.CalledProcessError as e:
         log = (data / "log").read_text() if (data / "log").exists() else ""
         shutil.rmtree(data, ignore_errors=True)
-        raise RuntimeError(f"{e.cmd[-1]} failed: {e.stderr}\n{log}") from e
+        program = next(Path(c).name for c in e.cmd if c.startswith(str(bindir)))
+        raise RuntimeError(f"{program} failed: {e.stderr}\n{log}") from e
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
