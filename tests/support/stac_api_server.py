@@ -4,6 +4,7 @@
   reads the COGs tile by tile as it does from a cloud bucket.
 * :func:`serve_stac_api`: a STAC API (``stac-fastapi-static``: stac-fastapi over a static catalog, item search
   with bbox/intersects/datetime/collections and paging) in front of a catalog folder.
+* :func:`flaky_proxy`: an HTTP proxy that answers 503/429 before forwarding, for the retry tests.
 * :func:`public_shape_catalog`: a static catalog of items rewritten into the shapes Earth Search and Planetary
   Computer publish (collection ids, asset keys, properties), with asset hrefs on the file server.
 
@@ -13,6 +14,7 @@ Each server is a child process, stopped by the context manager.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -35,7 +37,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
-_STAC_API_APP = """
+CORS_PATCH = """
 # stac-fastapi.api 5.2 passes CORSMiddleware's arguments by position, and Starlette 1.x (which the functions
 # framework needs) inserted allow_private_network before expose_headers: pass them by name.
 import starlette.middleware.cors as cors
@@ -49,7 +51,12 @@ def _init(self, app, allow_origins=("*",), allow_methods=("OPTIONS", "POST", "GE
                                  allow_origin_regex=allow_origin_regex, expose_headers=expose_headers,
                                  max_age=max_age)
 
-middleware.CORSMiddleware.__init__ = _init
+if hasattr(middleware, "CORSMiddleware"):  # stac-fastapi 6+ uses Starlette's own
+    middleware.CORSMiddleware.__init__ = _init
+"""
+"""Prefix of the scripts of the stac-fastapi servers (this one's and tests/support/pgstac_server.py's)."""
+
+_STAC_API_APP = CORS_PATCH + """
 import uvicorn
 from stac_fastapi.static.app import app, settings
 uvicorn.run(app, host=settings.app_host, port=settings.app_port, log_level="warning")
@@ -108,6 +115,76 @@ def serve_stac_api(catalog: Path) -> Iterator[str]:
     with _child([sys.executable, "-c", _STAC_API_APP],
                 f"http://127.0.0.1:{port}/", env):
         yield f"http://127.0.0.1:{port}"
+
+
+@dataclasses.dataclass
+class ProxyLog:
+    """What a :func:`flaky_proxy` saw: every request (method, path with query, body) and the errors it answered."""
+
+    requests: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)
+    errors: dict[int, int] = dataclasses.field(default_factory=lambda: {429: 0, 503: 0})
+
+
+@contextlib.contextmanager
+def flaky_proxy(upstream: str, failures: int = 0) -> Iterator[tuple[str, ProxyLog]]:
+    """An HTTP proxy in front of ``upstream`` that answers the first ``failures`` tries of every distinct request
+    (method, path, query, body) with an error, alternately 503 and 429 (``Retry-After: 0``), then forwards it.
+    Yields its URL and its :class:`ProxyLog`."""
+    import http.server
+    import threading
+    import urllib.error
+
+    tries: dict[tuple[str, str, bytes], int] = {}
+    log = ProxyLog()
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            key = (self.command, self.path, body)
+            with lock:
+                n = tries[key] = tries.get(key, 0) + 1
+                log.requests.append(key)
+            if n <= failures:
+                status = 503 if n % 2 else 429
+                with lock:
+                    log.errors[status] += 1
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+            req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command,
+                                         headers=headers)  # Host passes through: the API's links name the proxy
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    status, out, out_headers = resp.status, resp.read(), resp.headers
+            except urllib.error.HTTPError as e:
+                status, out, out_headers = e.code, e.read(), e.headers
+            self.send_response(status)
+            for k, v in out_headers.items():
+                if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_POST = _handle
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 # ------------------------------------------------------------------------------------------- public shapes

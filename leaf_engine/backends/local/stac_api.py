@@ -6,11 +6,13 @@ without ``scenes``. The collection searched for each sensor is the public catalo
 (:data:`DEFAULT_COLLECTIONS`), overridden per sensor by the URL fragment ``#collections=S2_SR:my-s2,L8_SR:my-l8``
 or by ``LEAF_STAC_COLLECTIONS`` in the same ``SENSOR:collection`` form.
 
-The search asks the API for the job's collections, geometry and window (pystac-client follows the ``next``
-links page by page, ``PAGE_SIZE`` items each, and retries transient HTTP failures); cloud cover, sensor and the
-exact footprint are then checked on every returned item by :func:`scenes.select_scenes`, so an API without the
-query/filter extensions gives the same scenes. Items are parsed by :mod:`.scenes` (asset keys of Earth Search
-``red``/``nir08``/``scl`` and of Planetary Computer ``B04``/``SR_B4``/``SCL`` alike, offsets, masks, angles).
+The search asks the API for the job's collections, geometry and window (POST ``/search`` where the API offers
+it; pystac-client follows the ``next`` links, page tokens included, ``PAGE_SIZE`` items each; connection errors and
+429/502/503/504 answers are retried with backoff), and for the cloud-cover limit as a CQL2 filter where the API
+implements the filter extension. Cloud cover, sensor and the exact footprint are then checked on every returned item by
+:func:`scenes.select_scenes`, so an API without the filter extension gives the same scenes. Items are parsed by
+:mod:`.scenes` (asset keys of Earth Search ``red``/``nir08``/``scl`` and of Planetary Computer
+``B04``/``SR_B4``/``SCL`` alike, offsets, masks, angles).
 
 Assets are read as Cloud-Optimised GeoTIFFs over HTTP with :data:`GDAL_HTTP_OPTIONS`: only the byte ranges of
 the tiles a block needs are fetched.
@@ -39,7 +41,16 @@ use for Sentinel-2 L2A and Landsat C2 L2."""
 PAGE_SIZE = 100
 """Items per page asked of the API (``limit``); pystac-client follows the pages."""
 MAX_RETRIES = 5
-"""HTTP retries (with backoff) of each API request on connection errors and 429/5xx answers."""
+"""HTTP retries of each API request on connection errors and :data:`RETRY_STATUSES` answers."""
+RETRY_BACKOFF = 1.0
+"""Seconds before the second retry, doubled for each further one (the first is immediate; urllib3's ``Retry``);
+an answer's ``Retry-After`` takes precedence."""
+RETRY_STATUSES = (429, 502, 503, 504)
+"""HTTP answers that are retried: rate limits and an unavailable server or gateway (not 500, which pgstac answers
+for a filter it cannot apply: a retry would get the same)."""
+SEARCH_HULL_VERTICES = 200
+"""A region whose convex hull has more vertices than this is searched by its bounding box: the search needs only
+a superset of the region (footprints are checked exactly on every item), and APIs limit request sizes."""
 MAX_ITEMS = 10_000
 """A search returning more items than this is refused: the job's region or window is far larger than meant."""
 
@@ -114,10 +125,66 @@ def _modifier(url: str) -> Callable[[Any], None] | None:
     return planetary_computer.sign_inplace  # type: ignore[no-any-return]
 
 
-def search_items(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date
-                 ) -> list[pystac.Item]:
-    """Items of the sensor's collections that intersect ``region`` (lon/lat) within [start, end]."""
-    from pystac_client import Client
+def _retry() -> Any:
+    """Retries of every API request: connection errors and :data:`RETRY_STATUSES`, with exponential backoff (the
+    server's ``Retry-After`` first); POST too, since an item search changes nothing."""
+    from urllib3 import Retry
+
+    return Retry(total=MAX_RETRIES, backoff_factor=RETRY_BACKOFF, status_forcelist=RETRY_STATUSES,
+                 allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
+
+
+def cloud_filter(max_cloud_cover: float) -> dict[str, Any]:
+    """The CQL2 filter of the cloud-cover rule of :func:`scenes.select_scenes`: at most ``max_cloud_cover``, or
+    not stated (such items are kept and left to the per-pixel masks)."""
+    prop = {"property": "eo:cloud_cover"}
+    return {"op": "or", "args": [{"op": "<=", "args": [prop, max_cloud_cover]},
+                                 {"op": "isNull", "args": [prop]}]}
+
+
+def _refusal(url: str, wanted: list[str], e: Exception) -> SceneError:
+    status = getattr(e, "status_code", None)
+    if status is None:  # no HTTP answer at all, after the retries
+        return SceneError(f"cannot search the STAC API {url!r}: no answer after {MAX_RETRIES} retries "
+                          f"({str(e)[:200]}). Check the URL (scenes or LEAF_STAC_API) and the network")
+    if status in RETRY_STATUSES:
+        return SceneError(f"the STAC API {url!r} kept failing the search for collections {wanted} (HTTP {status} "
+                          f"after {MAX_RETRIES} retries with backoff): {str(e)[:300]}. The API is overloaded or "
+                          "down: retry the job later")
+    return SceneError(f"the STAC API {url!r} refused the search for collections {wanted} (HTTP {status}): "
+                      f"{str(e)[:300]}. Check the URL, the collection ids (#collections=SENSOR:collection) and that "
+                      "the API supports item search")
+
+
+def _search_geometry(region: shapely.Geometry) -> dict[str, Any]:
+    hull = region.convex_hull
+    return mapping(hull if shapely.get_num_coordinates(hull) <= SEARCH_HULL_VERTICES else region.envelope)
+
+
+def _check_collections(client: Any, url: str, wanted: list[str], request_sensor: str) -> None:
+    """An API answers a search of an unknown collection with no items (pgstac does): name the missing one."""
+    missing = []
+    for cid in wanted:
+        found = client.get_collection(cid)
+        if found is None or found.id != cid:  # pystac-client's fallback without /collections may return another
+            missing.append(cid)
+    if missing:
+        known = sorted(c.id for c in client.get_collections())
+        raise SceneError(f"the STAC API {url!r} has no collection {', '.join(map(repr, missing))} (searched for "
+                         f"sensor {request_sensor!r}); its collections are {known[:40]}. Name the right one with "
+                         f"#collections={members(request_sensor)[0].id}:COLLECTION on the scenes URL or "
+                         "LEAF_STAC_COLLECTIONS")
+
+
+def search_items(source: str, request_sensor: str, region: shapely.Geometry, start: date, end: date,
+                 max_cloud_cover: float | None = None) -> list[pystac.Item]:
+    """Items of the sensor's collections that intersect ``region`` (lon/lat) within [start, end] (whole days, UTC).
+
+    With ``max_cloud_cover``, an API that implements the filter extension (CQL2 JSON) leaves out the cloudier
+    items itself (:func:`cloud_filter`); one that does not, or refuses the filter (an HTTP error other than
+    :data:`RETRY_STATUSES`: pgstac answers 500 for an operator it lacks), is searched without it. Either way the
+    caller checks cloud cover on every item."""
+    from pystac_client import Client, ConformanceClasses
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
 
@@ -126,20 +193,29 @@ def search_items(source: str, request_sensor: str, region: shapely.Geometry, sta
     if not wanted:
         raise SceneError(f"no STAC collection is known for sensor {request_sensor!r}: add "
                          f"#collections={members(request_sensor)[0].id}:COLLECTION to the scenes URL")
+    # a closed interval of whole days: the last microsecond of ``end`` is in, as in select_scenes
+    window = f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999999Z"
     try:
-        client = Client.open(url, stac_io=StacApiIO(max_retries=MAX_RETRIES, timeout=60), modifier=_modifier(url))
-        search = client.search(collections=wanted, intersects=mapping(region),
-                               datetime=f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59Z",
-                               limit=PAGE_SIZE, max_items=MAX_ITEMS + 1)
-        items = list(search.items())
+        client = Client.open(url, stac_io=StacApiIO(max_retries=_retry(), timeout=60), modifier=_modifier(url))
+        _check_collections(client, url, wanted, request_sensor)
+        filters: list[dict[str, Any]] = [{}]
+        if max_cloud_cover is not None and client.conforms_to(ConformanceClasses.FILTER):
+            filters.insert(0, {"filter": cloud_filter(max_cloud_cover), "filter_lang": "cql2-json"})
+        for i, extra in enumerate(filters):
+            search = client.search(collections=wanted, intersects=_search_geometry(region), datetime=window,
+                                   limit=PAGE_SIZE, max_items=MAX_ITEMS + 1, **extra)
+            try:
+                items = list(search.items())
+                break
+            except APIError as e:
+                status = getattr(e, "status_code", None)
+                if i + 1 < len(filters) and status is not None and status not in RETRY_STATUSES:
+                    continue  # the API lists the filter extension but cannot apply this filter: search without
+                raise
+    except SceneError:
+        raise
     except APIError as e:
-        if getattr(e, "status_code", None) is None:  # no HTTP answer at all, after the retries
-            raise SceneError(f"cannot search the STAC API {url!r}: no answer after {MAX_RETRIES} retries "
-                             f"({str(e)[:200]}). Check the URL (scenes or LEAF_STAC_API) and the network") from e
-        raise SceneError(f"the STAC API {url!r} refused the search for collections {wanted} "
-                         f"(HTTP {getattr(e, 'status_code', None)}): {str(e)[:300]}. Check the URL, the "
-                         "collection ids (#collections=SENSOR:collection) and that the API supports item search")\
-            from e
+        raise _refusal(url, wanted, e) from e
     except Exception as e:  # connection errors after the retries, non-STAC answers
         raise SceneError(f"cannot search the STAC API {url!r}: {type(e).__name__}: {str(e)[:300]}. Give the URL of "
                          "a STAC API landing page (scenes or LEAF_STAC_API)") from e
@@ -153,7 +229,7 @@ def discover(source: str, request_sensor: str, region: shapely.Geometry, start: 
              max_cloud_cover: float = MAX_SCENE_CLOUD_COVER,
              inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
     """Scenes of one job from a STAC API; the same selection rules as a catalogue file."""
-    items = search_items(source, request_sensor, region, start, end)
+    items = search_items(source, request_sensor, region, start, end, max_cloud_cover)
     return select_scenes(items, request_sensor, region, start, end, max_cloud_cover, inputs)
 
 
