@@ -53,6 +53,7 @@ DIGIT_GUARD = 2e-6
 """Float32 domain digits are trusted when ``10·ρ − 1e-5`` is at least this far from an integer (its float32 error
 is ≤ 9.6e-7 for |10·ρ| < 15); otherwise the chunk's codes are rebuilt in float64."""
 DIGIT_RANGE = 15.0
+_ROUND_MAGIC = 12582912.0  # 1.5·2**23
 BITSET_MAX_BANDS = 8
 """Up to 8 bands the domain lookup is a 12.5 MB bitset; more bands use binary search over the codes."""
 TANH_CLAMP = 7.9
@@ -231,12 +232,11 @@ def _add_digits32(xb, s, m, mult, code, okf):
     for p in range(m):
         sv = xb[s + p] * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
         ok = np.abs(sv) < np.float32(DIGIT_RANGE)  # False for NaN
-        # clamped first so the int conversion is always in range (no poison value for LLVM to exploit)
-        sc = sv if sv > np.float32(-16.0) else np.float32(-16.0)
-        sc = sc if sc < np.float32(16.0) else np.float32(16.0)
-        t = np.float32(np.int32(sc))
-        c = t + np.float32(1.0) if t < sc else t  # ceil
-        f = c - sc  # in [0, 1): 0 or 1 − tiny next to an integer
+        # round to an integer by adding and removing 1.5·2**23 (exact for |sv| < 2**22; no int conversion, so
+        # no out-of-range poison for NaN or huge values, which ``ok`` rejects anyway), then up to the ceiling
+        r = (sv + np.float32(_ROUND_MAGIC)) - np.float32(_ROUND_MAGIC)
+        c = r + np.float32(1.0) if r < sv else r
+        f = c - sv  # in [0, 1): 0 or 1 − tiny next to an integer
         ok = ok & (f >= np.float32(DIGIT_GUARD)) & (f <= np.float32(1.0 - DIGIT_GUARD))
         c = c if c > np.float32(0.0) else np.float32(0.0)
         dig = c - np.float32(10.0) if c >= np.float32(10.0) else c
