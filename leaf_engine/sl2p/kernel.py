@@ -2,9 +2,11 @@
 
 How it stays fast and accurate:
 * Pixels are processed in chunks of ``CHUNK`` that stay in L1 cache, in one flat float32 buffer per chunk whose
-  rows (centred inputs, an accumulator, a NaN row) sit at constant offsets. The neuron loop is outside, the pixel
-  loop inside and unrolled over the inputs (8 or 12, zero-padded), so LLVM vectorises it across pixels
-  (AVX2/AVX-512) with no aliasing checks; two pixel vectors per iteration keep the FMA units busy.
+  rows (centred inputs, an accumulator, a NaN row, a pre-activation row) sit at constant offsets. The neuron loop
+  is outside, the pixel loops inside, so LLVM vectorises them across pixels (AVX2/AVX-512) with no aliasing
+  checks. Each neuron is two short loops: the pre-activation (unrolled over 8 or 12 inputs, zero-padded; bound by
+  the FMA units) and the activation (tanh and the output weight), which keeps more independent iterations in
+  flight than one long dependency chain.
 * The input scaling is folded into the first layer: ``W1·(s·x + o) + b1 = (W1·s)·(x − c) + b1'`` with a centre
   ``c`` per input that is a float32 number, so ``x − c`` of a float32 input is exact (Sterbenz) and float64
   inputs are centred in float64 then rounded once. This avoids the cancellation of ``189·cosVZA − 188`` in
@@ -12,9 +14,12 @@ How it stays fast and accurate:
 * tanh is a rational x·P(x²)/Q(x²) of degree 9/6 fitted on [0, 7.9] whose error is bounded by
   ``TANH_MAX_ERROR`` over every float32 input; :func:`error_bound` carries it (and float32 rounding) through
   the layers. libm's tanh does not vectorise and costs more than all the multiply-adds together.
-* Non-finite inputs are tracked arithmetically (``d·0`` is 0 or NaN, summed into a NaN row): no branches.
-* The domain code is built in float64 (the rule of :mod:`.domain`, exactly) and looked up in a bitset of 10**n_bands
-  bits (12.5 MB for 8 bands); larger code spaces fall back to binary search.
+* Non-finite inputs are tracked arithmetically (``d·0`` is 0 or NaN, summed into a NaN row): no branches. The
+  activation loop may therefore assume finite numbers (its clamp is vminps/vmaxps).
+* The domain code follows the rule of :mod:`.domain` exactly. For float32 inputs the digits are computed in
+  float32 (8 lanes) and trusted only where ``10·ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and
+  below ``DIGIT_RANGE``; a chunk with any other pixel is redone in float64. Codes are looked up in a bitset of
+  10**n_bands bits (12.5 MB for 8 bands, branch-free); larger code spaces use binary search in float64.
 * SL2P-CCRS: each chunk is split by network index (gather → compute → scatter), so mixed chunks cost only the
   networks present.
 
@@ -227,8 +232,8 @@ def _add_digits(xb, s, m, mult, codef):
 def _add_digits32(xb, s, m, mult, code, okf):
     """Float32 form of :func:`_add_digits` (8 lanes instead of 4): adds the digit times ``mult`` to ``code`` and
     clears ``okf`` where the float32 digit cannot be trusted (``|10·ρ − 1e-5|`` ≥ 15, within ``DIGIT_GUARD`` of an
-    integer, or not finite); such chunks are redone in float64. ``benchmarks/tanh_bound.py``'s sibling check in
-    the tests compares both on every float32 near each digit boundary."""
+    integer, or not finite); such chunks are redone in float64. tests/test_sl2p_domain.py checks the guard on
+    every float32 near each digit boundary, with and without a fused multiply-add."""
     for p in range(m):
         sv = xb[s + p] * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
         ok = np.abs(sv) < np.float32(DIGIT_RANGE)  # False for NaN
