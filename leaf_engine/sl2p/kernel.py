@@ -184,12 +184,13 @@ def _heads(buf, k, wide, w1, b1, w2, b2, y):
 def _lookup_bitset(codef, m, bitset, ood, s):
     """``ood[s + p] = code p not in the bitset`` without branches (NaN and out-of-range codes are outside)."""
     top = bitset.shape[0] * 64.0
+    out = ood[s:s + m]  # a view indexed from 0: ``ood[s + p]`` with a signed s would be gathered lane by lane
     for p in range(m):
         c = codef[p]
         valid = (c >= 0.0) & (c < top)  # False for NaN
         code = np.int64(c if valid else 0.0)
         bit = (bitset[code >> 6] >> np.uint64(code & 63)) & np.uint64(1)
-        ood[s + p] = not (valid & (bit == np.uint64(1)))
+        out[p] = not (valid & (bit == np.uint64(1)))
 
 
 @njit(inline="always", cache=True)
@@ -209,8 +210,9 @@ def _in_domain(codef, bitset, codes):
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _load_input(xi, s, m, c32, c64, buf, row):
     """Centre one input into ``buf`` row ``row`` and fold its finiteness into the NaN row (d·0 is 0 or NaN)."""
+    xv = xi[s:s + m]  # a view indexed from 0: ``xi[s + p]`` with a signed s would be gathered lane by lane
     for p in range(m):
-        d = _centred(xi[s + p], c32, c64)
+        d = _centred(xv[p], c32, c64)
         buf[row * CHUNK + p] = d
         buf[ROW_NAN * CHUNK + p] += d * np.float32(0.0)
 
@@ -219,8 +221,9 @@ def _load_input(xi, s, m, c32, c64, buf, row):
 def _add_digits(xb, s, m, mult, codef):
     """Add one band's domain digit times ``mult`` to ``codef`` (the rule of domain.py, in float64); a band that is
     not finite makes the code NaN (v·0)."""
+    xv = xb[s:s + m]
     for p in range(m):
-        v = np.float64(xb[s + p])
+        v = np.float64(xv[p])
         t = v * 10.0
         t = DIGIT_CAP if t > DIGIT_CAP else t
         c = np.ceil(t - BOUNDARY_TOLERANCE)
@@ -234,8 +237,9 @@ def _add_digits32(xb, s, m, mult, code, okf):
     clears ``okf`` where the float32 digit cannot be trusted (``|10·ρ − 1e-5|`` ≥ 15, within ``DIGIT_GUARD`` of an
     integer, or not finite); such chunks are redone in float64. tests/test_sl2p_domain.py checks the guard on
     every float32 near each digit boundary, with and without a fused multiply-add."""
+    xv = xb[s:s + m]
     for p in range(m):
-        sv = xb[s + p] * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
+        sv = xv[p] * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
         ok = np.abs(sv) < np.float32(DIGIT_RANGE)  # False for NaN
         # round to an integer by adding and removing 1.5·2**23 (exact for |sv| < 2**22; no int conversion, so
         # no out-of-range poison for NaN or huge values, which ``ok`` rejects anyway), then up to the ceiling
@@ -359,23 +363,26 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
                                 y[h, idx[q]] = yg[h, q]
             if want_vals:
                 for h in range(n_heads):
+                    out = vals[h, s:s + m]
                     for p in range(m):
-                        vals[h, s + p] = y[h, p]
+                        out[p] = y[h, p]
             if want_dn:
                 for h in range(n_heads):
                     sc = dn_scale[h]
+                    out8 = dn[h, s:s + m]
                     for p in range(m):
                         v = y[h, p]
                         r = np.floor(v * sc + 0.5)  # half up, as Earth Engine's round for v >= 0
                         r = np.float32(0.0) if r < np.float32(0.0) else r
                         r = dn_max if r > dn_max else r
-                        dn[h, s + p] = dn_nodata if np.isnan(v) else np.uint8(r)
+                        out8[p] = dn_nodata if np.isnan(v) else np.uint8(r)
             for h in range(n_oor):
                 lo = range_lo[h]
                 hi = range_hi[h]
+                outb = oor[h, s:s + m]
                 for p in range(m):
                     v = y[h, p]
-                    oor[h, s + p] = (v < lo) | (v > hi)
+                    outb[p] = (v < lo) | (v > hi)
             if want_dom:
                 _domain_codes(xs, s, m, dom_mult, fast_digits, codef, dlo, dhi, dok)
                 if fast_digits:
