@@ -84,3 +84,50 @@ def test_kernel_binary_search_path_for_large_code_spaces(monkeypatch):
         np.testing.assert_array_equal(estimate(nets, x, ["LAI"]).input_out_of_domain, with_bitset)
     finally:
         kernel.domain_bitset.cache_clear()
+
+
+def _near_boundaries(ulps: int) -> np.ndarray:
+    """Every float32 within ``ulps`` of each digit boundary (k + 1e-5)/10, |k| ≤ 16, both signs."""
+    out = []
+    for k in range(-16, 17):
+        centre = np.float32(abs(k + 1e-5) / 10).view(np.int32)
+        vals = (np.int64(centre) + np.arange(-ulps, ulps + 1)).astype(np.int32).view(np.float32)
+        out += [vals, -vals]
+    return np.concatenate(out)
+
+
+def test_float32_digits_are_trusted_only_where_they_equal_float64():
+    """The kernel's float32 digits (ceil(10ρ − 1e-5) in float32, with or without a fused multiply-add) are
+    used only where ``10ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and below ``DIGIT_RANGE`` in
+    magnitude: checked on every float32 near every boundary, where they do differ from float64."""
+    from leaf_engine.sl2p import kernel
+
+    rho = _near_boundaries(20_000)
+    ref = np.ceil(rho.astype(np.float64) * 10.0 - 1e-5)
+    tol = np.float32(1e-5)
+    mismatches = 0
+    for sv in ((rho.astype(np.float64) * 10.0 - np.float64(tol)).astype(np.float32),  # fused: one rounding
+               (rho * np.float32(10.0)) - tol):  # two roundings
+        c = np.ceil(sv)
+        f = c - sv
+        trusted = (np.abs(sv) < kernel.DIGIT_RANGE) & (f >= kernel.DIGIT_GUARD) & (f <= 1 - kernel.DIGIT_GUARD)
+        mismatches += int(np.sum(c != ref))
+        assert np.array_equal(c[trusted], ref[trusted])
+    assert mismatches > 0  # the guard is needed: float32 alone gets some of these wrong
+
+
+def test_kernel_domain_flags_equal_reference_next_to_every_boundary():
+    """Pixels whose bands sit within a few ulps of digit boundaries (chunks mixing safe and unsafe values)."""
+    nets = load_network_set("leaf_sl2p_s2_20m")
+    near = _near_boundaries(300)
+    rng = np.random.default_rng(3)
+    x = s2_20m_inputs(near.size, seed=4)
+    for i, b in enumerate(nets.domain.bands):
+        v = x[b].copy()
+        pick = rng.random(near.size) < 0.3  # a third of each band's pixels next to a boundary
+        v[pick] = np.roll(near, 997 * i)[pick]
+        x[b] = v
+    fast = estimate(nets, x, ["LAI"]).input_out_of_domain
+    ref = out_of_domain(nets.domain, {b: x[b] for b in nets.domain.bands})
+    assert 0.02 < ref.mean() < 0.98
+    np.testing.assert_array_equal(fast, ref)

@@ -2,9 +2,11 @@
 
 How it stays fast and accurate:
 * Pixels are processed in chunks of ``CHUNK`` that stay in L1 cache, in one flat float32 buffer per chunk whose
-  rows (centred inputs, an accumulator, a NaN row) sit at constant offsets. The neuron loop is outside, the pixel
-  loop inside and unrolled over the inputs (8 or 12, zero-padded), so LLVM vectorises it across pixels
-  (AVX2/AVX-512) with no aliasing checks; two pixel vectors per iteration keep the FMA units busy.
+  rows (centred inputs, an accumulator, a NaN row, a pre-activation row) sit at constant offsets. The neuron loop
+  is outside, the pixel loops inside, so LLVM vectorises them across pixels (AVX2/AVX-512) with no aliasing
+  checks. Each neuron is two short loops: the pre-activation (unrolled over 8 or 12 inputs, zero-padded; bound by
+  the FMA units) and the activation (tanh and the output weight), which keeps more independent iterations in
+  flight than one long dependency chain.
 * The input scaling is folded into the first layer: ``W1·(s·x + o) + b1 = (W1·s)·(x − c) + b1'`` with a centre
   ``c`` per input that is a float32 number, so ``x − c`` of a float32 input is exact (Sterbenz) and float64
   inputs are centred in float64 then rounded once. This avoids the cancellation of ``189·cosVZA − 188`` in
@@ -12,9 +14,12 @@ How it stays fast and accurate:
 * tanh is a rational x·P(x²)/Q(x²) of degree 9/6 fitted on [0, 7.9] whose error is bounded by
   ``TANH_MAX_ERROR`` over every float32 input; :func:`error_bound` carries it (and float32 rounding) through
   the layers. libm's tanh does not vectorise and costs more than all the multiply-adds together.
-* Non-finite inputs are tracked arithmetically (``d·0`` is 0 or NaN, summed into a NaN row): no branches.
-* The domain code is built in float64 (the rule of :mod:`.domain`, exactly) and looked up in a bitset of 10**n_bands
-  bits (12.5 MB for 8 bands); larger code spaces fall back to binary search.
+* Non-finite inputs are tracked arithmetically (``d·0`` is 0 or NaN, summed into a NaN row): no branches. The
+  activation loop may therefore assume finite numbers (its clamp is vminps/vmaxps).
+* The domain code follows the rule of :mod:`.domain` exactly. For float32 inputs the digits are computed in
+  float32 (8 lanes) and trusted only where ``10·ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and
+  below ``DIGIT_RANGE``; a chunk with any other pixel is redone in float64. Codes are looked up in a bitset of
+  10**n_bands bits (12.5 MB for 8 bands, branch-free); larger code spaces use binary search in float64.
 * SL2P-CCRS: each chunk is split by network index (gather → compute → scatter), so mixed chunks cost only the
   networks present.
 
@@ -46,8 +51,14 @@ ROW_ACC = 12
 """Row of the chunk buffer that accumulates a head's output."""
 ROW_NAN = 13
 """Row of the chunk buffer that is 0, or NaN where any input of the pixel is not finite."""
-BUF_ROWS = 14
-HALF = CHUNK // 2
+ROW_HID = 14
+"""Row of the chunk buffer that holds one hidden neuron's pre-activation."""
+BUF_ROWS = 15
+DIGIT_GUARD = 2e-6
+"""Float32 domain digits are trusted when ``10·ρ − 1e-5`` is at least this far from an integer (its float32 error
+is ≤ 9.6e-7 for |10·ρ| < 15); otherwise the chunk's codes are rebuilt in float64."""
+DIGIT_RANGE = 15.0
+_ROUND_MAGIC = 12582912.0  # 1.5·2**23
 BITSET_MAX_BANDS = 8
 """Up to 8 bands the domain lookup is a 12.5 MB bitset; more bands use binary search over the codes."""
 TANH_CLAMP = 7.9
@@ -60,6 +71,10 @@ float32 in [0, 8] by ``benchmarks/tanh_bound.py``, on a dense sample by the test
 # float64 centring, 'nnan' NaN propagation, 'arcp' costs accuracy in tanh's division.
 # error_model="numpy": float division without a ZeroDivisionError branch, which would block vectorisation.
 _FASTMATH = {"contract", "nsz"}
+# The activation loop alone may also assume no NaN/inf: a non-finite pre-activation comes only from a
+# non-finite input, and those pixels are made NaN through the NaN row at the end whatever tanh returned. This
+# lets the clamp compile to vminps/vmaxps instead of compare-and-blend.
+_FASTMATH_ACT = {"contract", "nsz", "nnan", "ninf"}
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -67,9 +82,8 @@ def _tanh(x: float) -> float:
     # x·P(x²)/Q(x²) with P of degree 4 and Q of degree 3 (Q(0) = 1): a near-minimax fit of tanh on [0, 7.9]
     # (Lawson-weighted least squares, benchmarks/tanh_bound.py). 11 multiply-adds and one division, all of
     # which vectorise; libm's tanh does not.
-    # The clamp is a plain min/max (NaN in → a finite value out): non-finite inputs are made NaN by the caller.
-    x = x if x < np.float32(TANH_CLAMP) else np.float32(TANH_CLAMP)
-    x = x if x > np.float32(-TANH_CLAMP) else np.float32(-TANH_CLAMP)
+    # The clamp is a plain min/max: non-finite inputs are made NaN by the caller.
+    x = min(max(x, np.float32(-TANH_CLAMP)), np.float32(TANH_CLAMP))
     u = x * x
     p = np.float32(-6.140262465148538e-09)
     p = p * u + np.float32(7.150817210378399e-06)
@@ -85,7 +99,8 @@ def _tanh(x: float) -> float:
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def tanh32(x: np.ndarray) -> np.ndarray:
-    """The kernel's tanh on a float32 array (exposed to test its accuracy)."""
+    """The kernel's tanh on a float32 array (exposed to test its accuracy; without the kernel's no-NaN/inf
+    assumption, so that infinite inputs are defined here too)."""
     out = np.empty_like(x)
     for i in range(x.shape[0]):
         out[i] = _tanh(x[i])
@@ -106,69 +121,77 @@ def _centred_impl(v, c32, c64):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _neuron8(buf, w, b, v2):
-    """``buf[ACC] += v2 · tanh(b + w · d)`` over every pixel of a chunk, 8 input rows, 2 FMA chains, two
-    pixel vectors per iteration (independent work to hide the latency of the tanh chain)."""
+def _preact8(buf, w, b):
+    """``buf[HID] = b + w · d`` over every pixel of a chunk, 8 input rows in 2 FMA chains."""
     w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
     w4, w5, w6, w7 = w[4], w[5], w[6], w[7]
-    for p in range(HALF):
-        q = p + HALF
+    for p in range(CHUNK):
         a0 = (b + w0 * buf[p] + w2 * buf[2 * CHUNK + p]
               + w4 * buf[4 * CHUNK + p] + w6 * buf[6 * CHUNK + p])
         a1 = (w1 * buf[1 * CHUNK + p] + w3 * buf[3 * CHUNK + p]
               + w5 * buf[5 * CHUNK + p] + w7 * buf[7 * CHUNK + p])
-        a0_ = (b + w0 * buf[q] + w2 * buf[2 * CHUNK + q]
-              + w4 * buf[4 * CHUNK + q] + w6 * buf[6 * CHUNK + q])
-        a1_ = (w1 * buf[1 * CHUNK + q] + w3 * buf[3 * CHUNK + q]
-              + w5 * buf[5 * CHUNK + q] + w7 * buf[7 * CHUNK + q])
-        buf[ROW_ACC * CHUNK + p] += v2 * _tanh(a0 + a1)
-        buf[ROW_ACC * CHUNK + q] += v2 * _tanh(a0_ + a1_)
+        buf[ROW_HID * CHUNK + p] = a0 + a1
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _neuron12(buf, w, b, v2):
-    """``buf[ACC] += v2 · tanh(b + w · d)`` over every pixel of a chunk, 12 input rows, 3 FMA chains, two
-    pixel vectors per iteration (independent work to hide the latency of the tanh chain)."""
+def _preact12(buf, w, b):
+    """``buf[HID] = b + w · d`` over every pixel of a chunk, 12 input rows in 3 FMA chains."""
     w0, w1, w2, w3, w4, w5 = w[0], w[1], w[2], w[3], w[4], w[5]
     w6, w7, w8, w9, w10, w11 = w[6], w[7], w[8], w[9], w[10], w[11]
-    for p in range(HALF):
-        q = p + HALF
+    for p in range(CHUNK):
         a0 = (b + w0 * buf[p] + w3 * buf[3 * CHUNK + p]
               + w6 * buf[6 * CHUNK + p] + w9 * buf[9 * CHUNK + p])
         a1 = (w1 * buf[1 * CHUNK + p] + w4 * buf[4 * CHUNK + p]
               + w7 * buf[7 * CHUNK + p] + w10 * buf[10 * CHUNK + p])
         a2 = (w2 * buf[2 * CHUNK + p] + w5 * buf[5 * CHUNK + p]
               + w8 * buf[8 * CHUNK + p] + w11 * buf[11 * CHUNK + p])
-        a0_ = (b + w0 * buf[q] + w3 * buf[3 * CHUNK + q]
-              + w6 * buf[6 * CHUNK + q] + w9 * buf[9 * CHUNK + q])
-        a1_ = (w1 * buf[1 * CHUNK + q] + w4 * buf[4 * CHUNK + q]
-              + w7 * buf[7 * CHUNK + q] + w10 * buf[10 * CHUNK + q])
-        a2_ = (w2 * buf[2 * CHUNK + q] + w5 * buf[5 * CHUNK + q]
-              + w8 * buf[8 * CHUNK + q] + w11 * buf[11 * CHUNK + q])
-        buf[ROW_ACC * CHUNK + p] += v2 * _tanh(a0 + a1 + a2)
-        buf[ROW_ACC * CHUNK + q] += v2 * _tanh(a0_ + a1_ + a2_)
+        buf[ROW_HID * CHUNK + p] = a0 + a1 + a2
+
+
+@njit(fastmath=_FASTMATH_ACT, error_model="numpy", cache=True)
+def _activate(buf, v2):
+    """``buf[ACC] += v2 · tanh(buf[HID])`` over every pixel of a chunk (its own function: its fastmath flags
+    differ from the caller's)."""
+    for p in range(CHUNK):
+        buf[ROW_ACC * CHUNK + p] += v2 * _tanh(buf[ROW_HID * CHUNK + p])
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _heads(buf, k, wide, w1, b1, w2, b2, y):
     """y[h, :] = network k of every head on the centred inputs in ``buf`` (float32).
 
-    The pixel loop is innermost, runs over the whole chunk (a constant trip count; pixels past the valid ones
-    hold stale finite inputs and are never read back) and every buffer access sits at a constant offset from
-    one base (rows of ``CHUNK``), so LLVM vectorises it across pixels without runtime alias checks."""
-    n_heads = w1.shape[0]
-    n_hid = w1.shape[2]
+    Per hidden neuron, two short loops: the pre-activation (FMA-bound) and the activation (tanh, then the
+    output weight). Two simple loops keep more iterations in flight than one long dependency chain would. The
+    pixel loops run over the whole chunk (a constant trip count; pixels past the valid ones hold stale finite
+    inputs and are never read back) and every buffer access sits at a constant offset from one base (rows of
+    ``CHUNK``), so LLVM vectorises them across pixels without runtime alias checks."""
+    n_heads = b1.shape[0]
+    n_hid = b1.shape[2]
     for h in range(n_heads):
         bias = b2[h, k]
         for p in range(CHUNK):
             buf[ROW_ACC * CHUNK + p] = bias
         for j in range(n_hid):
             if wide:
-                _neuron12(buf, w1[h, k, j], b1[h, k, j], w2[h, k, j])
+                _preact12(buf, w1[h, k, j], b1[h, k, j])
             else:
-                _neuron8(buf, w1[h, k, j], b1[h, k, j], w2[h, k, j])
+                _preact8(buf, w1[h, k, j], b1[h, k, j])
+            _activate(buf, w2[h, k, j])
         for p in range(CHUNK):
             y[h, p] = buf[ROW_ACC * CHUNK + p] + buf[ROW_NAN * CHUNK + p]  # NaN where an input is not finite
+
+
+@njit(inline="always", cache=True)
+def _lookup_bitset(codef, m, bitset, ood, s):
+    """``ood[s + p] = code p not in the bitset`` without branches (NaN and out-of-range codes are outside)."""
+    top = bitset.shape[0] * 64.0
+    out = ood[s:s + m]  # a view indexed from 0: ``ood[s + p]`` with a signed s would be gathered lane by lane
+    for p in range(m):
+        c = codef[p]
+        valid = (c >= 0.0) & (c < top)  # False for NaN
+        code = np.int64(c if valid else 0.0)
+        bit = (bitset[code >> 6] >> np.uint64(code & 63)) & np.uint64(1)
+        out[p] = not (valid & (bit == np.uint64(1)))
 
 
 @njit(inline="always", cache=True)
@@ -188,8 +211,9 @@ def _in_domain(codef, bitset, codes):
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _load_input(xi, s, m, c32, c64, buf, row):
     """Centre one input into ``buf`` row ``row`` and fold its finiteness into the NaN row (d·0 is 0 or NaN)."""
+    xv = xi[s:s + m]  # a view indexed from 0: ``xi[s + p]`` with a signed s would be gathered lane by lane
     for p in range(m):
-        d = _centred(xi[s + p], c32, c64)
+        d = _centred(xv[p], c32, c64)
         buf[row * CHUNK + p] = d
         buf[ROW_NAN * CHUNK + p] += d * np.float32(0.0)
 
@@ -198,8 +222,9 @@ def _load_input(xi, s, m, c32, c64, buf, row):
 def _add_digits(xb, s, m, mult, codef):
     """Add one band's domain digit times ``mult`` to ``codef`` (the rule of domain.py, in float64); a band that is
     not finite makes the code NaN (v·0)."""
+    xv = xb[s:s + m]
     for p in range(m):
-        v = np.float64(xb[s + p])
+        v = np.float64(xv[p])
         t = v * 10.0
         t = DIGIT_CAP if t > DIGIT_CAP else t
         c = np.ceil(t - BOUNDARY_TOLERANCE)
@@ -207,18 +232,91 @@ def _add_digits(xb, s, m, mult, codef):
         codef[p] += (dig if c > 0.0 else 0.0) * mult + v * 0.0
 
 
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _add_digits32(xb, s, m, mult, code, okf):
+    """Float32 form of :func:`_add_digits` (8 lanes instead of 4): adds the digit times ``mult`` to ``code`` and
+    clears ``okf`` where the float32 digit cannot be trusted (``|10·ρ − 1e-5|`` ≥ 15, within ``DIGIT_GUARD`` of an
+    integer, or not finite); such chunks are redone in float64. tests/test_sl2p_domain.py checks the guard on
+    every float32 near each digit boundary, with and without a fused multiply-add."""
+    xv = xb[s:s + m]
+    for p in range(m):
+        sv = xv[p] * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
+        ok = np.abs(sv) < np.float32(DIGIT_RANGE)  # False for NaN
+        # round to an integer by adding and removing 1.5·2**23 (exact for |sv| < 2**22; no int conversion, so
+        # no out-of-range poison for NaN or huge values, which ``ok`` rejects anyway), then up to the ceiling
+        r = (sv + np.float32(_ROUND_MAGIC)) - np.float32(_ROUND_MAGIC)
+        c = r + np.float32(1.0) if r < sv else r
+        f = c - sv  # in [0, 1): 0 or 1 − tiny next to an integer
+        ok = ok & (f >= np.float32(DIGIT_GUARD)) & (f <= np.float32(1.0 - DIGIT_GUARD))
+        c = c if c > np.float32(0.0) else np.float32(0.0)
+        dig = c - np.float32(10.0) if c >= np.float32(10.0) else c
+        code[p] += dig * mult
+        okf[p] = okf[p] if ok else np.float32(0.0)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _codes64(xs, s, m, dom_mult, codef):
+    for p in range(m):
+        codef[p] = 0.0
+    for i in range(dom_mult.shape[0]):
+        mult = dom_mult[i]
+        if mult > 0.0:
+            _add_digits(xs[i], s, m, mult, codef)
+
+
+def _domain_codes(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # pragma: no cover - only its overload runs
+    raise NotImplementedError
+
+
+@overload(_domain_codes, inline="always")
+def _domain_codes_impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # type: ignore[no-untyped-def]
+    """Domain code of each pixel of a chunk into ``codef`` (float64). Float32 inputs of a set with at most
+    8 domain bands: float32 digits summed in two exact halves (4 digits each), unless a pixel of the chunk is
+    not safe for them; otherwise, and for float64 inputs, float64 digits."""
+    slow_jit = _codes64
+    if not (isinstance(xs.dtype.dtype, types.Float) and xs.dtype.dtype.bitwidth == 32):
+        return lambda xs, s, m, dom_mult, fast, codef, lo, hi, okf: slow_jit(xs, s, m, dom_mult, codef)
+
+    def impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):
+        if not fast:
+            slow_jit(xs, s, m, dom_mult, codef)
+            return
+        for p in range(m):
+            lo[p] = 0.0
+            hi[p] = 0.0
+            okf[p] = 1.0
+        for i in range(dom_mult.shape[0]):
+            mult = dom_mult[i]
+            if mult > 0.0:
+                if mult < 1e4:
+                    _add_digits32(xs[i], s, m, np.float32(mult), lo, okf)
+                else:
+                    _add_digits32(xs[i], s, m, np.float32(mult / 1e4), hi, okf)
+        n_bad = 0
+        for p in range(m):
+            n_bad += okf[p] < np.float32(1.0)
+        if n_bad == 0:
+            for p in range(m):
+                codef[p] = np.float64(hi[p]) * 1e4 + np.float64(lo[p])
+        else:
+            slow_jit(xs, s, m, dom_mult, codef)
+
+    return impl
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bitset, codes,
          vals, dn, dn_scale, dn_max, dn_nodata, oor, range_lo, range_hi, ood, n_threads):
     npix = xs[0].shape[0]
-    n_heads = w1.shape[0]
-    n_nets = w1.shape[1]
+    n_heads = b1.shape[0]
+    n_nets = b1.shape[1]
     wide = n_in > 8
     want_vals = vals.shape[0] > 0
     want_dn = dn.shape[0] > 0
     n_oor = oor.shape[0]
     want_dom = ood.shape[0] > 0
     per_pixel_net = net_index.shape[0] > 0
+    fast_digits = bitset.shape[0] > 0  # at most 8 domain bands: codes < 1e8 split in two exact float32 halves
     n_chunks = (npix + CHUNK - 1) // CHUNK
     n_blocks = min(n_chunks, n_threads * 8)  # several blocks per thread balance the load
     for blk in prange(n_blocks):
@@ -227,6 +325,9 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
         y = np.empty((n_heads, CHUNK), np.float32)
         yg = np.empty((n_heads, CHUNK), np.float32)
         codef = np.empty(CHUNK, np.float64)
+        dlo = np.empty(CHUNK, np.float32)
+        dhi = np.empty(CHUNK, np.float32)
+        dok = np.empty(CHUNK, np.float32)
         idx = np.empty(CHUNK, np.int64)
         counts = np.zeros(n_nets, np.int64)
         for c in range(blk * n_chunks // n_blocks, (blk + 1) * n_chunks // n_blocks):
@@ -263,32 +364,33 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
                                 y[h, idx[q]] = yg[h, q]
             if want_vals:
                 for h in range(n_heads):
+                    out = vals[h, s:s + m]
                     for p in range(m):
-                        vals[h, s + p] = y[h, p]
+                        out[p] = y[h, p]
             if want_dn:
                 for h in range(n_heads):
                     sc = dn_scale[h]
+                    out8 = dn[h, s:s + m]
                     for p in range(m):
                         v = y[h, p]
                         r = np.floor(v * sc + 0.5)  # half up, as Earth Engine's round for v >= 0
                         r = np.float32(0.0) if r < np.float32(0.0) else r
                         r = dn_max if r > dn_max else r
-                        dn[h, s + p] = dn_nodata if np.isnan(v) else np.uint8(r)
+                        out8[p] = dn_nodata if np.isnan(v) else np.uint8(r)
             for h in range(n_oor):
                 lo = range_lo[h]
                 hi = range_hi[h]
+                outb = oor[h, s:s + m]
                 for p in range(m):
                     v = y[h, p]
-                    oor[h, s + p] = (v < lo) | (v > hi)
+                    outb[p] = (v < lo) | (v > hi)
             if want_dom:
-                for p in range(m):
-                    codef[p] = 0.0
-                for i in range(n_in):
-                    mult = dom_mult[i]
-                    if mult > 0.0:
-                        _add_digits(xs[i], s, m, mult, codef)
-                for p in range(m):
-                    ood[s + p] = not _in_domain(codef[p], bitset, codes)
+                _domain_codes(xs, s, m, dom_mult, fast_digits, codef, dlo, dhi, dok)
+                if fast_digits:
+                    _lookup_bitset(codef, m, bitset, ood, s)
+                else:
+                    for p in range(m):
+                        ood[s + p] = not _in_domain(codef[p], bitset, codes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -301,6 +403,7 @@ class PackedHeads:
     """float32 per input (kept also as float64: the same numbers)."""
     centre64: np.ndarray
     w1: np.ndarray
+    """(heads, nets, neurons, width)."""
     b1: np.ndarray
     w2: np.ndarray
     b2: np.ndarray
