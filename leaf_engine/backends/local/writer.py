@@ -156,6 +156,11 @@ class ProductWriter:
                 self._ds[k] = rasterio.open(self._level_paths[k], "r+")
             self._unflushed = 0
 
+    @property
+    def levels_from_blocks(self) -> int:
+        """How many overview levels are being computed from the blocks (the rest are GDAL's, at the end)."""
+        return self._levels
+
     def close(self) -> None:
         for ds in self._ds:
             ds.close()
