@@ -147,7 +147,7 @@ def test_memory_does_not_grow_with_the_region(tmp_path):
     assert growth[4096] < growth[2048] + 30, f"writer peak RSS grows with the region: {growth} MB"
 
 
-def test_product_writer_keeps_the_tile_file_until_assembled(tmp_path):
+def test_product_writer_alone_makes_a_cog(tmp_path):
     gbox = GeoBox((600, 700), Affine(20, 0, 356100, 0, -20, 4835660), "EPSG:32631")
     w = ProductWriter(tmp_path / "a.tmp.tif", "LAI", gbox, TAGS.for_product("LAI"))
     w.write(np.full((600, 700), 42, np.uint8), 0, 0)
