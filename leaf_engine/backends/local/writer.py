@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
@@ -130,8 +131,7 @@ class ProductWriter:
         for k, level_path in enumerate(self._level_paths):
             h, w = (gbox.height, gbox.width) if k == 0 else self._shapes[k - 1]
             self._ds.append(rasterio.open(level_path, "w", width=w, height=h,
-                                          transform=gbox.transform * gbox.transform.scale(gbox.width / w,
-                                                                                          gbox.height / h),
+                                          transform=gbox.transform @ Affine.scale(gbox.width / w, gbox.height / h),
                                           **profile))
         main = self._ds[0]
         main.update_tags(**tags)
