@@ -1,4 +1,4 @@
-"""Output GeoTIFFs: written block by block into tiled GeoTIFFs, then copied to Cloud-Optimised GeoTIFFs.
+"""Output GeoTIFFs: compressed tile by tile as the blocks arrive, then assembled into Cloud-Optimised GeoTIFFs.
 
 Tags (SPEC §6) say how to read the numbers: scale factor, units, nodata, QC bit meanings, algorithm, network
 set, sensor, request id and the compositing score, all taken from products.py / composite.py.
@@ -7,14 +7,17 @@ set, sensor, request id and the compositing score, all taken from products.py / 
 from __future__ import annotations
 
 import json
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
@@ -24,12 +27,19 @@ from .quicklook import MAX_SIDE, Preview
 INTERNAL_TILE = 512
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": str(INTERNAL_TILE), "BIGTIFF": "IF_SAFER",
                "OVERVIEWS": "AUTO"}
+_TILE_OPTIONS = {"compress": "deflate", "predictor": 2, "tiled": True, "blockxsize": INTERNAL_TILE,
+                 "blockysize": INTERNAL_TILE, "BIGTIFF": "IF_SAFER"}
+"""The full-resolution tiles, compressed as the blocks arrive exactly as the COG stores them (same codec, predictor,
+level and tile size), so the COG phase copies their bytes instead of compressing them again."""
 _CATEGORICAL = products.ANCILLARY  # class and bit-field bands: no averaging in overviews
 COG_CACHE_BYTES = 32 * 1024 * 1024
-"""GDAL block cache while converting to COG. The copy reads each source block about twice (tiles, overviews) in
-order, so a big cache buys nothing, and it filled up to the engine's 256 MB with region size: peak memory grew
+"""GDAL block cache while building the overviews. The COG phase reads each block about twice (tiles, overviews)
+in order, so a big cache buys nothing, and it filled up to the engine's 256 MB with region size: peak memory grew
 with the region (a 144 MB raster: 292 MB peak with 256 MB, 132 MB with 32 MB)."""
-
+REOPEN_BYTES = 16 * 1024 * 1024
+"""Uncompressed bytes written into a product's tile file before it is closed and reopened. GDAL keeps written
+tiles in its block cache (up to the engine's 256 MB) until the file is closed; closing now and then compresses
+and writes them, so the writer's memory stays flat in region size."""
 
 @dataclass(frozen=True)
 class JobTags:
@@ -64,39 +74,255 @@ class JobTags:
         return tags
 
 
+def overview_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """The overview levels GDAL's COG driver makes (``OVERVIEWS=AUTO``): halving (rounded down) until the level
+    fits in one internal tile."""
+    shapes = []
+    while max(height, width) > INTERNAL_TILE:
+        height, width = max(1, height // 2), max(1, width // 2)
+        shapes.append((height, width))
+    return shapes
+
+
+def halve(data: np.ndarray, nodata: float, categorical: bool) -> np.ndarray:
+    """One overview level from an array of even height and width, as GDAL computes it: NEAREST keeps the top-left
+    pixel of every 2×2; AVERAGE is the mean of the 2×2's valid pixels rounded half up (nodata where none is
+    valid). ``tests/test_local_writer.py`` checks both against GDAL's own overviews."""
+    if categorical:
+        return data[::2, ::2].copy()
+    corners = (data[0::2, 0::2], data[0::2, 1::2], data[1::2, 0::2], data[1::2, 1::2])
+    total = np.zeros(corners[0].shape, np.int64 if data.dtype.itemsize > 2 else np.int32)
+    n = np.zeros(corners[0].shape, np.int32)
+    for corner in corners:  # strided views: four passes, no reduction over a reshaped axis (≈ 4× faster)
+        valid = corner != nodata
+        total += np.where(valid, corner, 0)
+        n += valid
+    mean = (total + n // 2) // np.maximum(n, 1)
+    return np.where(n > 0, mean, nodata).astype(data.dtype)
+
+
 class ProductWriter:
-    """One tiled GeoTIFF being filled block by block (then :meth:`to_cog`)."""
+    """One product: its full-resolution tiles compressed into a tiled GeoTIFF block by block, and as many of its
+    overview levels as can be computed block by block (``halve``) into one such GeoTIFF each; :meth:`to_cog`
+    assembles the COG from those compressed tiles."""
 
     def __init__(self, path: Path, name: str, gbox: GeoBox, tags: dict[str, str]):
         p = products.product(name)
         self.name = name
         self.path = path
+        self._nodata = p.nodata
+        self._categorical = name in _CATEGORICAL
+        self._shapes = overview_shapes(gbox.height, gbox.width)
+        # Levels computed from the blocks: while every parent level has an even size (GDAL's 2×2 case) and the
+        # product is an integer map; the rest are GDAL's, from the last of these, at the end.
+        self._levels = 0
+        parent = (gbox.height, gbox.width)
+        for shape in self._shapes:
+            if parent[0] % 2 or parent[1] % 2 or not np.issubdtype(np.dtype(p.dtype), np.integer):
+                break
+            self._levels += 1
+            parent = shape
+        self._level_paths = [path] + [path.with_name(f"{path.stem}.L{k}.tif") for k in range(1, self._levels + 1)]
         profile = {
-            "driver": "GTiff", "width": gbox.width, "height": gbox.height, "count": 1, "dtype": p.dtype,
-            "crs": gbox.crs.wkt, "transform": gbox.transform, "nodata": p.nodata, "tiled": True,
-            "blockxsize": INTERNAL_TILE, "blockysize": INTERNAL_TILE, "BIGTIFF": "IF_SAFER",
-        }  # uncompressed: blocks are written once and compressed once, by the COG copy
-        self._ds = rasterio.open(path, "w", **profile)
-        self._ds.update_tags(**tags)
-        self._ds.set_band_description(1, f"{name} ({p.units})")
-        if name not in _CATEGORICAL:
-            self._ds.scales = (p.step,)
-            self._ds.units = (p.units,)
+            "driver": "GTiff", "count": 1, "dtype": p.dtype, "crs": gbox.crs.wkt, "nodata": p.nodata,
+            **_TILE_OPTIONS,
+        }
+        self._ds = []
+        for k, level_path in enumerate(self._level_paths):
+            h, w = (gbox.height, gbox.width) if k == 0 else self._shapes[k - 1]
+            self._ds.append(rasterio.open(level_path, "w", width=w, height=h,
+                                          transform=gbox.transform @ Affine.scale(gbox.width / w, gbox.height / h),
+                                          **profile))
+        main = self._ds[0]
+        main.update_tags(**tags)
+        main.set_band_description(1, f"{name} ({p.units})")
+        if not self._categorical:
+            main.scales = (p.step,)
+            main.units = (p.units,)
+        self._unflushed = 0
         # Pixels never written (blocks outside every scene still get written) read back as nodata.
 
     def write(self, data: np.ndarray, row: int, col: int) -> None:
-        self._ds.write(data, 1, window=Window(col, row, data.shape[1], data.shape[0]))
+        for k in range(len(self._ds)):
+            if k > self._levels:
+                break
+            if k > 0:  # the 2×2 of this level must not straddle two blocks
+                if row % 2 or col % 2 or data.shape[0] % 2 or data.shape[1] % 2:
+                    self._levels = k - 1  # a block grid that does not halve: GDAL makes the rest at the end
+                    break
+                data, row, col = halve(data, self._nodata, self._categorical), row // 2, col // 2
+            self._ds[k].write(data, 1, window=Window(col, row, data.shape[1], data.shape[0]))
+            self._unflushed += data.nbytes
+        if self._unflushed >= REOPEN_BYTES:
+            for k, ds in enumerate(self._ds):  # compresses and writes the cached tiles (see REOPEN_BYTES)
+                ds.close()
+                self._ds[k] = rasterio.open(self._level_paths[k], "r+")
+            self._unflushed = 0
+
+    @property
+    def levels_from_blocks(self) -> int:
+        """How many overview levels are being computed from the blocks (the rest are GDAL's, at the end)."""
+        return self._levels
 
     def close(self) -> None:
-        self._ds.close()
+        for ds in self._ds:
+            ds.close()
 
     def to_cog(self, dst: Path) -> Path:
-        """Copy into a COG (internal tiles, overviews, deflate); categorical maps use nearest overviews."""
+        """Assemble the COG (internal tiles, overviews, deflate); categorical maps use nearest overviews.
+
+        The COG driver writes the COG's structure (header, IFDs, tags) from a VRT that reads as nodata, with an
+        empty (sparse) level wherever the data is; then the compressed tiles of every level are appended in the
+        order and framing the COG layout prescribes (:func:`_append_tiles`). Overview levels not computed from
+        the blocks are GDAL's: the COG driver makes them from the last level that was, into a scratch COG."""
         self.close()
-        resampling = "NEAREST" if self.name in _CATEGORICAL else "AVERAGE"
-        with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
-            rasterio.shutil.copy(self.path, dst, driver="COG", RESAMPLING=resampling, **COG_OPTIONS)
+        resampling = "NEAREST" if self._categorical else "AVERAGE"
+        scratch = dst.with_name(dst.stem + ".ovr.tif")
+        vrts = [dst.with_name(f"{dst.stem}.L{k}.vrt") for k in range(len(self._shapes) + 1)]
+        try:
+            sources: list[tuple[Path, int]] = [(p, 0) for p in self._level_paths[:self._levels + 1]]
+            with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
+                if self._levels < len(self._shapes):
+                    rasterio.shutil.copy(sources[-1][0], scratch, driver="COG", COMPRESS="NONE",
+                                         OVERVIEW_COMPRESS="DEFLATE", OVERVIEW_PREDICTOR="2",
+                                         BLOCKSIZE=str(INTERNAL_TILE), BIGTIFF="IF_SAFER", OVERVIEWS="AUTO",
+                                         RESAMPLING=resampling)
+                    with rasterio.open(scratch) as ovr:
+                        made = len(ovr.overviews(1))
+                    if self._levels + made != len(self._shapes):
+                        raise RuntimeError(f"{dst}: GDAL made {made} overview levels below level {self._levels}, "
+                                           f"expected {len(self._shapes) - self._levels}")
+                    sources += [(scratch, j) for j in range(1, made + 1)]
+                for k in range(1, len(vrts)):
+                    _empty_vrt(self.path, self._shapes[k - 1], vrts[k])
+                _empty_vrt(self.path, None, vrts[0], overviews=vrts[1:])
+                rasterio.shutil.copy(vrts[0], dst, driver="COG", RESAMPLING=resampling, SPARSE_OK="TRUE",
+                                     **{**COG_OPTIONS, "OVERVIEWS": "FORCE_USE_EXISTING" if self._shapes else "NONE"})
+            _append_tiles(sources, dst)
+        finally:
+            scratch.unlink(missing_ok=True)
+            for v in vrts:
+                v.unlink(missing_ok=True)
+            for p in self._level_paths[1:]:
+                p.unlink(missing_ok=True)
         return dst
+
+
+def _empty_vrt(tiles: Path, shape: tuple[int, int] | None, vrt: Path, overviews: list[Path] = ()) -> None:
+    """A VRT of ``tiles`` (its grid, tags, nodata, scale, units, description), resized to ``shape`` if given, that
+    reads as nodata everywhere, with the VRTs ``overviews`` as its overviews."""
+    import xml.etree.ElementTree as ET
+
+    rasterio.shutil.copy(tiles, vrt, driver="VRT")
+    tree = ET.parse(vrt)
+    root = tree.getroot()
+    band = root.find("VRTRasterBand")
+    if band is None:
+        raise RuntimeError(f"GDAL wrote no VRTRasterBand into {vrt}")
+    for source in [e for e in band if e.tag.endswith("Source")]:
+        band.remove(source)
+    if shape is not None:
+        root.set("rasterYSize", str(shape[0]))
+        root.set("rasterXSize", str(shape[1]))
+    for path in overviews:
+        ovr = ET.SubElement(band, "Overview")
+        ET.SubElement(ovr, "SourceFilename", relativeToVRT="0").text = str(path)
+        ET.SubElement(ovr, "SourceBand").text = "1"
+    tree.write(vrt)
+
+
+# TIFF field types of tile offsets / byte counts: SHORT, LONG, LONG8.
+_INT_TYPES = {3: "H", 4: "I", 16: "Q"}
+_TILE_OFFSETS, _TILE_BYTE_COUNTS = 324, 325
+
+
+@dataclass(frozen=True)
+class _TileArray:
+    """Where one IFD's TileOffsets or TileByteCounts values lie in the file."""
+
+    pos: int
+    code: str  # struct code of one value
+    count: int
+
+    def read(self, f: BinaryIO, order: str) -> list[int]:
+        f.seek(self.pos)
+        return list(struct.unpack(f"{order}{self.count}{self.code}", f.read(self.count * struct.calcsize(self.code))))
+
+    def write(self, f: BinaryIO, order: str, values: list[int]) -> None:
+        if len(values) != self.count or max(values) >= 1 << (8 * struct.calcsize(self.code)):
+            raise RuntimeError(f"{len(values)} tile values up to {max(values)} do not fit a TIFF array of "
+                               f"{self.count} {self.code!r} values (the COG would need BIGTIFF)")
+        f.seek(self.pos)
+        f.write(struct.pack(f"{order}{self.count}{self.code}", *values))
+
+
+def _tile_arrays(f: BinaryIO) -> tuple[str, list[tuple[_TileArray, _TileArray]]]:
+    """Byte order and, for every IFD in file order, its (TileOffsets, TileByteCounts) arrays. (GDAL exposes a
+    tile's offset and size but not where the TIFF keeps them, which filling an empty COG level needs.)"""
+    f.seek(0)
+    head = f.read(16)
+    order = {b"II": "<", b"MM": ">"}[head[:2]]
+    big = struct.unpack(order + "H", head[2:4])[0] == 43
+    count_fmt, entry, word = (order + "Q", 20, "Q") if big else (order + "H", 12, "I")
+    (ifd,) = struct.unpack(order + word, head[8:16] if big else head[4:8])
+    out = []
+    while ifd:
+        f.seek(ifd)
+        (n,) = struct.unpack(count_fmt, f.read(struct.calcsize(count_fmt)))
+        raw = f.read(n * entry)
+        (nxt,) = struct.unpack(order + word, f.read(struct.calcsize(word)))
+        found = {}
+        for i in range(n):
+            e = raw[i * entry:(i + 1) * entry]
+            tag, typ = struct.unpack(order + "HH", e[:4])
+            if tag in (_TILE_OFFSETS, _TILE_BYTE_COUNTS):
+                count, value = struct.unpack(order + word + word, e[4:])
+                code = _INT_TYPES[typ]
+                inline = count * struct.calcsize(code) <= struct.calcsize(word)
+                value_pos = ifd + struct.calcsize(count_fmt) + i * entry + 4 + struct.calcsize(word)
+                found[tag] = _TileArray(value_pos if inline else value, code, count)
+        out.append((found[_TILE_OFFSETS], found[_TILE_BYTE_COUNTS]))
+        ifd = nxt
+    return order, out
+
+
+def _append_tiles(sources: list[tuple[Path, int]], cog: Path) -> None:
+    """Fill the COG ``cog``, written by the COG driver with every level empty (all offsets 0), with the compressed
+    tiles of its levels: ``sources[k]`` is the (file, IFD index) holding level k's tiles (0: full resolution).
+    Tiles are appended smallest level first, each row-major, with the block leader and trailer that the COG's
+    layout header announces, as the COG driver itself orders them; then the offsets and byte counts are set."""
+    with open(cog, "r+b") as out:
+        order, arrays = _tile_arrays(out)
+        if len(arrays) != len(sources):
+            raise RuntimeError(f"{cog} has {len(arrays)} levels, {len(sources)} were made")
+        out.seek(0)
+        ghost = out.read(1024)
+        leader = b"BLOCK_LEADER=SIZE_AS_UINT4" in ghost
+        trailer = b"BLOCK_TRAILER=LAST_4_BYTES_REPEATED" in ghost
+        pos = out.seek(0, 2)
+        for (d_off, d_cnt), (path, ifd) in reversed(list(zip(arrays, sources, strict=True))):
+            with open(path, "rb") as src:
+                s_order, s_arrays = _tile_arrays(src)
+                offsets, counts = s_arrays[ifd][0].read(src, s_order), s_arrays[ifd][1].read(src, s_order)
+                if d_off.count != len(offsets) or any(d_off.read(out, order)):
+                    raise RuntimeError(f"{cog}: the COG driver did not leave an empty level of {len(offsets)} "
+                                       f"tiles for {path}")
+                if 0 in counts:
+                    raise RuntimeError(f"{path}: a tile was never written")
+                out.seek(pos)
+                new_offsets = []
+                for off, n in zip(offsets, counts, strict=True):
+                    src.seek(off)
+                    data = src.read(n)
+                    if leader:
+                        out.write(struct.pack(order + "I", n))
+                    new_offsets.append(out.tell())
+                    out.write(data)
+                    if trailer:
+                        out.write(data[-4:])
+                pos = out.tell()
+                d_off.write(out, order, new_offsets)
+                d_cnt.write(out, order, counts)
 
 
 class OutputSet:

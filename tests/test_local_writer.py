@@ -1,0 +1,156 @@
+"""The local engine's COG writer (backends/local/writer.py) against GDAL's own COG of the same maps: every level
+(full resolution and each overview) equal to what the COG driver makes with AVERAGE for continuous products and
+NEAREST for class maps, whichever way the writer made it (block by block, or GDAL at the end when a level's parent
+has an odd size or the block grid does not halve); the same tags, nodata, scale, units, description and a valid
+COG layout; and the writer's memory does not grow with the region."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from rio_cogeo.cogeo import cog_validate
+
+from leaf_engine import products
+from leaf_engine.backends.local.writer import COG_OPTIONS, JobTags, OutputSet, ProductWriter, halve, overview_shapes
+
+TAGS = JobTags("r1", "S2_SR", "SL2P", "S2_SR:leaf_sl2p_s2_20m", "x", "Jul", "2018-07-01", "2018-07-31", 2,
+               "SCL 3, 8-10 masked")
+NAMES = ("LAI", "QC", "Date")  # uint8 averaged (nodata 255), uint8 classes (nodata 0), uint16 days (nodata 0)
+
+
+def _maps(shape: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+    """Smooth fields with noise, scattered no-data pixels and a no-data corner, like real maps."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    field = 60 + 40 * np.sin(x / 37.0) * np.cos(y / 23.0) + rng.normal(0, 5, shape)
+    out = {}
+    for name in NAMES:
+        p = products.product(name)
+        dn = (field.clip(1, 200) if name != "QC" else 168 + (field > 70) * 2).astype(p.dtype)
+        dn[rng.random(shape) < 0.1] = p.nodata
+        dn[: shape[0] // 3, : shape[1] // 4] = p.nodata
+        out[name] = dn
+    return out
+
+
+def _gdal_cog(name: str, dn: np.ndarray, folder: Path) -> Path:
+    """The reference: GDAL's COG driver on the whole map, with the writer's options and resampling."""
+    src, dst = folder / f"ref_{name}.src.tif", folder / f"ref_{name}.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=dn.shape[1], height=dn.shape[0], count=1, dtype=dn.dtype,
+                       crs="EPSG:32631", transform=Affine(20, 0, 356100, 0, -20, 4835660),
+                       nodata=products.product(name).nodata) as ds:
+        ds.write(dn, 1)
+    resampling = "NEAREST" if name in products.ANCILLARY else "AVERAGE"
+    rasterio.shutil.copy(src, dst, driver="COG", RESAMPLING=resampling, **COG_OPTIONS)
+    return dst
+
+
+def _write(folder: Path, maps: dict[str, np.ndarray], block: int) -> tuple[OutputSet, dict[str, Path]]:
+    shape = next(iter(maps.values())).shape
+    gbox = GeoBox(shape, Affine(20, 0, 356100, 0, -20, 4835660), "EPSG:32631")
+    out = OutputSet(folder, {p: f"x_{p}" for p in maps}, gbox, TAGS)
+    keys = [(r, c) for r in range(0, shape[0], block) for c in range(0, shape[1], block)]
+    for r, c in keys[::-1]:  # out of order, as blocks finish
+        out.write_block({p: dn[r:r + block, c:c + block] for p, dn in maps.items()}, r, c)
+    return out, out.finish()
+
+
+@pytest.mark.parametrize(("shape", "block", "from_blocks"), [
+    ((1536, 2048), 512, 2),   # every level from the blocks
+    ((1100, 1300), 256, 2),   # edge blocks of other sizes
+    ((1100, 1300), 250, 1),   # 125 px blocks at level 1 do not halve: level 2 is GDAL's
+    ((2002, 1030), 1024, 1),  # level 1 is 1001 px high: the levels below it are GDAL's
+    ((1025, 1300), 512, 0),   # odd height: every overview is GDAL's
+    ((300, 400), 128, 0),     # one tile: no overview
+])
+def test_every_level_equals_gdal_cog(tmp_path, shape, block, from_blocks):
+    maps = _maps(shape, seed=shape[0] + block)
+    out, cogs = _write(tmp_path / "job", maps, block)
+    assert {p: w.levels_from_blocks for p, w in out.writers.items()} == dict.fromkeys(NAMES, from_blocks)
+    assert not [f for f in (tmp_path / "job").iterdir() if f not in cogs.values()]  # scratch files removed
+    for name, dn in maps.items():
+        ref = _gdal_cog(name, dn, tmp_path)
+        valid, errors, warnings = cog_validate(str(cogs[name]), quiet=True)
+        assert valid and not errors and not warnings, errors + warnings
+        with rasterio.open(cogs[name]) as got, rasterio.open(ref) as want:
+            assert got.overviews(1) == want.overviews(1) == [2 ** (k + 1) for k in range(len(overview_shapes(*shape)))]
+            assert (got.profile, got.nodata, got.tags(ns="IMAGE_STRUCTURE")) == (want.profile, want.nodata,
+                                                                                 want.tags(ns="IMAGE_STRUCTURE"))
+            assert TAGS.for_product(name).items() <= got.tags().items()
+            assert got.descriptions == (f"{name} ({products.product(name).units})",)
+            if name == "LAI":
+                assert got.scales == (products.product(name).step,) and got.units == (products.product(name).units,)
+            np.testing.assert_array_equal(got.read(1), dn)
+        for k in range(len(overview_shapes(*shape))):
+            with rasterio.open(cogs[name], overview_level=k) as got, rasterio.open(ref, overview_level=k) as want:
+                np.testing.assert_array_equal(got.read(1), want.read(1), err_msg=f"{name} overview {k}")
+
+
+def test_halve_is_gdal_two_by_two():
+    """The rule itself on a case worked by hand: mean of the valid pixels, rounded half up; nodata if none."""
+    dn = np.array([[10, 11, 255, 255], [12, 14, 255, 7]], np.uint8)
+    np.testing.assert_array_equal(halve(dn, 255, categorical=False), [[12, 7]])  # 47/4 = 11.75 → 12; 7
+    assert halve(np.full((2, 2), 255, np.uint8), 255, categorical=False)[0, 0] == 255
+    np.testing.assert_array_equal(halve(np.array([[1, 2], [3, 4]], np.uint8), 0, categorical=True), [[1]])
+    assert halve(np.array([[1, 2], [2, 2]], np.uint8), 0, categorical=False)[0, 0] == 2  # 7/4 = 1.75 → 2
+    assert halve(np.array([[1, 2], [255, 255]], np.uint8), 255, categorical=False)[0, 0] == 2  # 1.5 → 2
+
+
+def _rss_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+def measure_writer_growth(side: int, folder: str) -> float:
+    """Peak RSS growth (MB) of this process while an OutputSet writes six side² maps in 1024² blocks and
+    assembles their COGs, under the engine's 256 MB GDAL cache."""
+    block = 1024
+    gbox = GeoBox((side, side), Affine(20, 0, 356100, 0, -20, 4835660), "EPSG:32631")
+    names = ("LAI", "fCOVER", "fAPAR", "Albedo", "QC", "Date")
+    tiles = _maps((block, block), seed=1)
+    arrays = {p: tiles[p if p in ("QC", "Date") else "LAI"] for p in names}
+    with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024):
+        out = OutputSet(Path(folder), {p: p for p in names}, gbox, TAGS)
+        base = _rss_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        for r in range(0, side, block):
+            for c in range(0, side, block):
+                out.write_block(arrays, r, c)
+        out.finish()
+        return _rss_mb("VmHWM") - base
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux peak-RSS reset")
+def test_memory_does_not_grow_with_the_region(tmp_path):
+    """4096² px of six maps (112 MB of pixels): the writer's peak RSS growth, blocks and COG assembly together,
+    stays far below the data (writing uncompressed files and converting them at the end grew ≈ 100 MB), each
+    measured in a fresh process so that memory freed by earlier tests cannot hide it."""
+    growth = {}
+    for side in (2048, 4096):
+        code = ("import sys; from tests.test_local_writer import measure_writer_growth; "
+                f"print(measure_writer_growth({side}, sys.argv[1]))")
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path / str(side))], check=True,
+                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        growth[side] = float(res.stdout.strip().splitlines()[-1])
+    print(f"writer peak RSS growth: {growth} MB")
+    assert growth[4096] < 60, f"writer peak RSS grew {growth[4096]:.0f} MB for 4096² px"
+    assert growth[4096] < growth[2048] + 30, f"writer peak RSS grows with the region: {growth} MB"
+
+
+def test_product_writer_alone_makes_a_cog(tmp_path):
+    gbox = GeoBox((600, 700), Affine(20, 0, 356100, 0, -20, 4835660), "EPSG:32631")
+    w = ProductWriter(tmp_path / "a.tmp.tif", "LAI", gbox, TAGS.for_product("LAI"))
+    w.write(np.full((600, 700), 42, np.uint8), 0, 0)
+    cog = w.to_cog(tmp_path / "a.tif")
+    with rasterio.open(cog) as ds:
+        assert ds.overviews(1) == [2] and (ds.read(1, out_shape=(300, 350)) == 42).all()
