@@ -13,8 +13,8 @@ a STAC API (stac-fastapi, static backend; both on loopback, as in the tests), th
 * ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on the same workers.
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
-process and of the client (which writes the COGs), the client's CPU seconds, and end-to-end / warp-only (target
-≤ 1.2).
+process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
+compute time over wall time × workers, from Dask's task stream) and end-to-end / warp-only (target ≤ 1.2).
 
 ``--jobs N`` makes the request a multi-job run: N windows over the same region (each holds the 3 scenes, so every
 job does the same work), and runs it with each ``--open-jobs`` value (jobs in progress at once; 1 is one job after
@@ -121,9 +121,15 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         client.run(kernel.warm_up)  # load the compiled kernel outside the timing (numba cache)
         t0, c0 = time.perf_counter(), time.process_time()
-        produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK,
-                open_jobs=open_jobs)
+        with distributed.get_task_stream(client) as stream:
+            produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK,
+                    open_jobs=open_jobs)
         res["produce_s"] = time.perf_counter() - t0
+        # Share of the run's wall time × worker threads spent computing blocks: the rest is workers waiting for
+        # the client (scene search, COG conversion, storing) or for their blocks' data.
+        busy = sum(s["stop"] - s["start"] for task in stream.data for s in task["startstops"]
+                   if s["action"] == "compute")
+        res["workers_busy"] = round(busy / (res["produce_s"] * n_workers), 2)
         res["client_cpu_s"] = round(time.process_time() - c0, 1)
         res["worker_peak_rss_mb"] = sorted(round(v, 1) for v in client.run(_rss_mb).values())
         hrefs = [a.href for it in search_items(api, req.sensor, job.region.geometry, job.start, job.end)
@@ -175,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in runs:
                     print(f"{size}² px × {r['jobs']} job(s), open {r['open_jobs']}, {r['workers']} worker(s): "
                           f"{r['produce_s']:6.1f} s  {r['mpix_per_s']:6.2f} Mpx/s  warp-only {r['warp_s']:6.1f} s  "
-                          f"ratio {r['end_to_end_over_warp']:.2f}  worker peak RSS {r['worker_peak_rss_mb']} MB  "
+                          f"ratio {r['end_to_end_over_warp']:.2f}  workers busy {r['workers_busy']:.0%}  "
+                          f"worker peak RSS {r['worker_peak_rss_mb']} MB  "
                           f"client {r['client_peak_rss_mb']} MB, {r['client_cpu_s']} CPU s", flush=True)
                 for k in open_jobs:
                     if f"scaling_ratio_open_jobs_{k}" in row:

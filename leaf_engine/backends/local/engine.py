@@ -302,7 +302,10 @@ class _Pipeline:
                 self._feed()
                 if not self.open:
                     break
-                kind, index, fut = self.events.get()
+                try:
+                    kind, index, fut = self.events.get(timeout=1.0)  # a timeout keeps Ctrl-C responsive
+                except queue.Empty:
+                    continue
                 job = self.open.get(index)
                 if job is not None:
                     getattr(self, f"_on_{kind}")(job, fut)
