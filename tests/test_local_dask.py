@@ -152,16 +152,18 @@ def _job_files(out: Path) -> dict[str, set[str]]:
     return {m: {f for f in files if f.startswith(f"bouconne_2018_{m}_")} for m in MONTHS}
 
 
-@pytest.mark.parametrize("open_jobs", [1, 3])
-def test_a_failing_job_leaves_no_file_and_the_others_whole(tmp_path, open_jobs):
-    """August's scene cannot be read: its blocks fail, ``produce`` raises that error; August has no file; the jobs
-    before it are stored whole, as one after another; the jobs after it are whole or absent (absent when run one
-    after another); the sink holds no temporary file."""
+@pytest.mark.parametrize("open_jobs,on_cluster", [(1, False), (3, False), (3, True)])
+def test_a_failing_job_leaves_no_file_and_the_others_whole(tmp_path, open_jobs, on_cluster, request):
+    """August's scene cannot be read: its blocks fail (on the cluster after their retries), ``produce`` raises that
+    error; August has no file; the jobs before it are stored whole, as one after another; the jobs after it are
+    whole or absent (absent when run one after another); the sink holds no temporary file."""
     catalog = _broken_catalog(tmp_path, 8)
     out = tmp_path / "out"
-    with pytest.raises(RasterioIOError):
-        produce(_request(), out_dir=out, scenes=str(catalog), progress=False, quicklooks=False, block_size=BLOCK,
-                open_jobs=open_jobs)
+    dask = request.getfixturevalue("cluster") if on_cluster else None
+    # From a worker process the error comes back as an Exception naming it (rasterio's does not unpickle).
+    with pytest.raises(Exception if on_cluster else RasterioIOError, match=r"B8A\.tif' not recognized"):
+        produce(_request(), out_dir=out, scenes=str(catalog), dask_address=dask, progress=False, quicklooks=False,
+                block_size=BLOCK, open_jobs=open_jobs)
     files = _job_files(out)
     whole = {f"bouconne_2018_{{}}_{p}_20m.{ext}" for p in ("LAI", "fCOVER", "fAPAR", "Albedo", "QC", "Date")
              for ext in ("tif", "qml")}
