@@ -273,8 +273,9 @@ class _Pipeline:
     When a job fails (discovery, a block after its retries, writing or finishing) no further job is admitted; the
     open jobs after it in the request are aborted (files closed, temporary folder removed, nothing stored) unless
     they are already finishing, those before it run to the end and are stored, as they would have been one after
-    another; then ``run`` raises the error of the first failed job. An interrupt (any other exception of the loop)
-    aborts every job whose blocks are running and waits for the finishing ones.
+    another; then ``run`` raises the error of the first failed job. An interrupt (KeyboardInterrupt, or an error of
+    the loop itself, such as a lost scheduler) aborts every job whose blocks are running and waits for the finishing
+    ones.
     """
 
     def __init__(self, req: ProductionRequest, jobs: list[Job], sink: Sink, executor: BlockExecutor,
@@ -356,7 +357,7 @@ class _Pipeline:
             return
         try:
             prep = fut.result()
-        except BaseException as e:
+        except Exception as e:
             self._fail(job, e)
             return
         if prep is None:  # skip_existing: its outputs are all there
@@ -370,7 +371,7 @@ class _Pipeline:
         job.folder = self.tmp / job.job.job_id
         try:
             job.outputs = OutputSet(job.folder, {p: n.stem for p, n in prep.names.items()}, job.gbox, prep.tags)
-        except BaseException as e:
+        except Exception as e:
             self._fail(job, e)
             return
         if self.bars is not None:
@@ -386,7 +387,7 @@ class _Pipeline:
             self.executor.release(fut)
             r, c, _, _ = key
             job.outputs.write_block(arrays, r, c)  # type: ignore[union-attr]
-        except BaseException as e:
+        except Exception as e:
             self._fail(job, e)
             return
         qc = arrays["QC"]
@@ -409,7 +410,7 @@ class _Pipeline:
             self.bars.remove(job.task)
         try:
             summary = fut.result()
-        except BaseException as e:
+        except Exception as e:
             self.failures[job.index] = e
             self._fail_after(job.index)
             return
