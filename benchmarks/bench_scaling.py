@@ -1,6 +1,7 @@
 """Scaling of the local engine on a Dask cluster over a STAC API: 1 and 2 worker processes, several region sizes.
 
-    python benchmarks/bench_scaling.py [--sizes 1000 2000 4000] [--workers 1 2] [--json]
+    python benchmarks/bench_scaling.py [--sizes 1000 2000 4000] [--workers 1 2] [--jobs N [--open-jobs 1 3]]
+                                       [--json]
 
 For each region size it builds the synthetic 3-scene Landsat stack of ``bench_produce.py`` (real Canberra TM
 spectra, C2 L2 DN, cloud blobs in QA_PIXEL), serves the COGs over HTTP with range requests and the items through
@@ -12,7 +13,13 @@ a STAC API (stac-fastapi, static backend; both on loopback, as in the tests), th
 * ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on the same workers.
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
-process and of the client (which writes the COGs), and end-to-end / warp-only (target ≤ 1.2).
+process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
+compute time over wall time × workers, from Dask's task stream) and end-to-end / warp-only (target ≤ 1.2).
+
+``--jobs N`` makes the request a multi-job run: N windows over the same region (each holds the 3 scenes, so every
+job does the same work), and runs it with each ``--open-jobs`` value (jobs in progress at once; 1 is one job after
+another), so the rows show what overlapping the jobs' discovery, blocks and COG writing gains; warp-only then
+reads the blocks of all N jobs.
 """
 
 from __future__ import annotations
@@ -81,7 +88,20 @@ def _warp_block(shared, key):  # type: ignore[no-untyped-def]
     return key
 
 
-def _run(api: str, req_doc: dict, n_workers: int, out: Path) -> dict:
+def _windows(req_doc: dict, n_jobs: int) -> dict:
+    """The request with ``n_jobs`` distinct windows, each ending on the month's last scene day and starting one day
+    earlier than the one before: the same scenes, the same work, one job per window."""
+    from datetime import timedelta
+
+    first = min(d.date() for d in bench_produce.DATES)
+    last = max(d.date() for d in bench_produce.DATES)
+    doc = {k: v for k, v in req_doc.items() if k not in ("year", "months")}
+    doc["start_dates"] = [(first - timedelta(days=1 + k)).isoformat() for k in range(n_jobs)]
+    doc["end_dates"] = [last.isoformat()] * n_jobs
+    return doc
+
+
+def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1) -> dict:
     import distributed
 
     from leaf_engine.backends.local import produce
@@ -92,21 +112,31 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path) -> dict:
     from leaf_engine.sl2p import kernel
 
     req = parse_request({**req_doc, "scenes": api})
-    job = req.jobs()[0]
+    jobs = req.jobs()
+    job = jobs[0]
     gbox = job.geobox()
-    res: dict = {"workers": n_workers, "pixels": gbox.width * gbox.height}
+    res: dict = {"workers": n_workers, "jobs": len(jobs), "open_jobs": open_jobs,
+                 "pixels": gbox.width * gbox.height * len(jobs)}
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         client.run(kernel.warm_up)  # load the compiled kernel outside the timing (numba cache)
-        t0 = time.perf_counter()
-        produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with distributed.get_task_stream(client) as stream:
+            produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK,
+                    open_jobs=open_jobs)
         res["produce_s"] = time.perf_counter() - t0
+        # Share of the run's wall time × worker threads spent computing blocks: the rest is workers waiting for
+        # the client (scene search, COG conversion, storing) or for their blocks' data.
+        busy = sum(s["stop"] - s["start"] for task in stream.data for s in task["startstops"]
+                   if s["action"] == "compute")
+        res["workers_busy"] = round(busy / (res["produce_s"] * n_workers), 2)
+        res["client_cpu_s"] = round(time.process_time() - c0, 1)
         res["worker_peak_rss_mb"] = sorted(round(v, 1) for v in client.run(_rss_mb).values())
         hrefs = [a.href for it in search_items(api, req.sensor, job.region.geometry, job.start, job.end)
                  for a in it.assets.values()]
         ex = DaskExecutor(client)
         t0 = time.perf_counter()
-        for _ in ex.map_unordered(_warp_block, (hrefs, gbox), blocks(gbox, BLOCK)):
+        for _ in ex.map_unordered(_warp_block, (hrefs, gbox), blocks(gbox, BLOCK) * len(jobs)):
             pass
         res["warp_s"] = time.perf_counter() - t0
     res["mpix_per_s"] = round(res["pixels"] / res["produce_s"] / 1e6, 3)
@@ -122,28 +152,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tile", default="tile42_922")
+    ap.add_argument("--jobs", type=int, default=1, help="windows over the region: a multi-job request")
+    ap.add_argument("--open-jobs", type=int, nargs="+", default=None,
+                    help="jobs in progress at once, one run each (default: 1, and 1 and 3 with --jobs > 1)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: a request has at least 1 job")
+    open_jobs = args.open_jobs or ([1, 3] if args.jobs > 1 else [1])
     results = []
     with tempfile.TemporaryDirectory(prefix="leaf-scaling-") as tmp:
         for size in args.sizes:
             work = Path(tmp) / f"s{size}"
             _, req_doc = bench_produce.build_scenes(work / "scenes", args.tile, size)
             req_doc.pop("scenes")
+            if args.jobs > 1:
+                req_doc = _windows(req_doc, args.jobs)
             probe = "scene0/red.tif"
             with serve_files(work / "scenes", probe) as files, serve_stac_api(_catalog(work, files)) as api:
-                runs = [_run(api, req_doc, n, work / f"out{n}") for n in args.workers]
+                runs = [_run(api, req_doc, n, work / f"out{n}-{k}", k) for k in open_jobs for n in args.workers]
             row = {"size": size, "runs": runs}
-            if len(runs) >= 2:
-                row["scaling_ratio"] = round(runs[0]["produce_s"] / runs[-1]["produce_s"], 2)
+            for k in open_jobs:
+                mine = [r for r in runs if r["open_jobs"] == k]
+                if len(mine) >= 2:
+                    row[f"scaling_ratio_open_jobs_{k}"] = round(mine[0]["produce_s"] / mine[-1]["produce_s"], 2)
             results.append(row)
             if not args.json:
                 for r in runs:
-                    print(f"{size}² px, {r['workers']} worker(s): {r['produce_s']:6.1f} s  {r['mpix_per_s']:6.2f} "
-                          f"Mpx/s  warp-only {r['warp_s']:6.1f} s  ratio {r['end_to_end_over_warp']:.2f}  worker "
-                          f"peak RSS {r['worker_peak_rss_mb']} MB  client {r['client_peak_rss_mb']} MB", flush=True)
-                if "scaling_ratio" in row:
-                    print(f"{size}² px: scaling 1 → {args.workers[-1]} workers = {row['scaling_ratio']}×", flush=True)
+                    print(f"{size}² px × {r['jobs']} job(s), open {r['open_jobs']}, {r['workers']} worker(s): "
+                          f"{r['produce_s']:6.1f} s  {r['mpix_per_s']:6.2f} Mpx/s  warp-only {r['warp_s']:6.1f} s  "
+                          f"ratio {r['end_to_end_over_warp']:.2f}  workers busy {r['workers_busy']:.0%}  "
+                          f"worker peak RSS {r['worker_peak_rss_mb']} MB  "
+                          f"client {r['client_peak_rss_mb']} MB, {r['client_cpu_s']} CPU s", flush=True)
+                for k in open_jobs:
+                    if f"scaling_ratio_open_jobs_{k}" in row:
+                        print(f"{size}² px, open {k}: scaling 1 → {args.workers[-1]} workers = "
+                              f"{row[f'scaling_ratio_open_jobs_{k}']}×", flush=True)
     if args.json:
         print(json.dumps(results))
     return 0

@@ -70,6 +70,10 @@ def produce(
         "'landcover'.")] = None,
     block: Annotated[int, typer.Option("--block", min=256, help="Block side in pixels (memory per block).")] = 1024,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel blocks (threads).")] = 2,
+    open_jobs: Annotated[int | None, typer.Option(
+        "--open-jobs", min=1, help="Jobs in progress at once: the scene search, blocks and COG writing of "
+        "different jobs overlap (1: one job after another; default: the local engine's DEFAULT_OPEN_JOBS).")
+    ] = None,
     project: Annotated[str | None, typer.Option("--project", help="Earth Engine cloud project (gee).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
     manifest: Annotated[bool, typer.Option(
@@ -102,7 +106,7 @@ def produce(
     result = run_local(
         req, out_dir=out, scenes=source, dask_address=dask,
         progress=not no_progress, landcover=landcover or resolve_path(req.landcover, request), block_size=block,
-        workers=workers, quicklooks=quicklooks)
+        workers=workers, quicklooks=quicklooks, **({} if open_jobs is None else {"open_jobs": open_jobs}))
     _print_local_result(result, out)
     if manifest:
         from ..outputs import derived_from

@@ -1,10 +1,14 @@
-"""``produce``: run a production request on this machine, job by job, block by block, into a sink."""
+"""``produce``: run a production request on this machine, its jobs overlapped, block by block, into a sink."""
 
 from __future__ import annotations
 
+import queue
+import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,22 +138,22 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 class _Bars:
-    """One overall bar (blocks of every job, with ETA) plus a bar for the job running now (removed when done)."""
+    """One overall bar (blocks of every job, with ETA) plus a bar for each job whose blocks are running (removed
+    when its outputs are stored). Only the pipeline's loop thread touches them."""
 
     def __init__(self, bar: Any, total_blocks: int, jobs: int):
         self.bar = bar
         self.overall = bar.add_task(f"all {jobs} job(s), blocks", total=total_blocks)
-        self.current: Any = None
 
     def add_task(self, description: str, total: int) -> Any:
-        if self.current is not None:
-            self.bar.remove_task(self.current)
-        self.current = self.bar.add_task(description, total=total)
-        return self.current
+        return self.bar.add_task(description, total=total)
 
     def advance(self, task: Any) -> None:
         self.bar.advance(task)
         self.bar.advance(self.overall)
+
+    def remove(self, task: Any) -> None:
+        self.bar.remove_task(task)
 
     def skip(self, blocks: int) -> None:
         self.bar.advance(self.overall, blocks)
@@ -159,76 +163,318 @@ def _all_exist(sink: Sink, job: Job) -> bool:
     return all(sink.exists(n.key()) for n in job.output_names())
 
 
-def run_job(req: ProductionRequest, job: Job, sink: Sink, executor: BlockExecutor, scenes_source: str | None,
-            *, landcover: str | None, block_size: int, bar: Any, quicklooks: bool, tmp: Path) -> JobSummary:
-    """Discover, composite, estimate and write one job; returns what it did."""
-    t0 = time.perf_counter()
-    gbox = job.geobox()
+DEFAULT_OPEN_JOBS = 3
+"""Jobs of a request in progress at once (see :class:`_Pipeline`): one finishing, one computing, one discovered
+ahead. 1 runs them one after another."""
+
+
+@dataclass
+class _Prepared:
+    """A job's scenes, spec and file names, found before its blocks start (:func:`_prepare`)."""
+
+    scenes: list[Scene]
+    spec: JobSpec
+    names: dict[str, Any]
+    tags: JobTags
+    handle: Any
+    """The ``(spec, gbox)`` every block reads, shared with the executor (scattered to the Dask workers)."""
+
+
+def _prepare(req: ProductionRequest, job: Job, gbox: GeoBox, sink: Sink, executor: BlockExecutor,
+             scenes_source: str | None, landcover: str | None) -> _Prepared | None:
+    """Discover the job's scenes and build what its blocks share; None when ``skip_existing`` finds its outputs."""
+    if req.rerun == "skip_existing" and _all_exist(sink, job):
+        return None
     inputs = {s.id: load_network_set(req.network_set(s.id)).inputs for s in members(req.sensor)}
     find = stac_api.discover if stac_api.is_stac_api(scenes_source) else discover
     scenes = find(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
                   inputs=inputs) if scenes_source else []
-    summary = JobSummary(job.job_id, [s.id for s in scenes], gbox.width, gbox.height)
     spec = job_spec(req, job, scenes, gbox, landcover)
     names = {n.product: n for n in job.output_names()}
     tags = JobTags(req.request_id, req.sensor, req.algorithm,
                    ",".join(f"{k}:{v.set_id}" for k, v in spec.nets.items()), job.region.name, job.period,
                    job.start.isoformat(), job.end.isoformat(), len(scenes), describe_masks(scenes))
-    folder = tmp / job.job_id
-    outputs = OutputSet(folder, {p: n.stem for p, n in names.items()}, gbox, tags)
-    todo = blocks(gbox, block_size)
-    task = bar.add_task(f"{job.job_id} ({len(scenes)} scenes)", total=len(todo)) if bar is not None else None
-    qc_nodata = products.product("QC").nodata
+    return _Prepared(scenes, spec, names, tags, executor.share((spec, gbox)))
+
+
+def _finish(req: ProductionRequest, job: Job, prep: _Prepared, outputs: OutputSet, folder: Path,
+            summary: JobSummary, sink: Sink, quicklooks: bool) -> JobSummary:
+    """Convert a job's filled files to COGs, store them with their styles and quicklooks; on any error abort the
+    outputs (a sink write is atomic: an object is stored whole or not at all). The job's temporary folder is
+    removed either way."""
+    names = prep.names
+    # No rasterio.Env here: the caller's (main thread) GDAL settings are process-wide, and GDAL_CACHEMAX set in
+    # a thread would change the one block cache of the process under the other jobs.
     try:
-        for (r, c, _, _), arrays in executor.map_unordered(_run_block, (spec, gbox), todo):
-            outputs.write_block(arrays, r, c)
-            qc = arrays["QC"]
-            summary.pixels_in_region += int(np.count_nonzero(qc != qc_nodata))
-            summary.pixels_with_obs += int(np.count_nonzero((qc != qc_nodata) & ((qc & products.QC_INVALID) == 0)))
-            if task is not None:
-                bar.advance(task)
+        titles = {p: f"{names[p].stem} — {req.sensor} {req.algorithm}" for p in names}
+        # A small job's maps are in memory: their quicklooks are drawn while the COGs are written and stored.
+        drawing = draw_in_background(outputs.previews(), titles) if quicklooks else None
+        cogs = outputs.finish()
+        for product_name, path in cogs.items():
+            name = names[product_name]
+            sink.put_file(name.key(), path)
+            summary.files.append(name.key())
+            style = name.key().removesuffix(".tif") + ".qml"  # QGIS applies a .qml of the same name on opening
+            sink.put_bytes(style, qml_style(product_name, job.start, job.end), "text/xml")
+            summary.files.append(style)
+        if drawing is not None:
+            # The time the job spends on quicklooks beyond what overlapped with the COGs (benchmarks/README.md).
+            tq = time.perf_counter()
+            pngs = drawing.result()
+            # Larger maps: previews read from the COG overviews.
+            pngs.update(render_quicklooks({p: c for p, c in cogs.items() if p not in pngs}, titles, threads=1))
+            for product_name in cogs:
+                sink.put_bytes(names[product_name].quicklook_key(), pngs[product_name], "image/png")
+                summary.files.append(names[product_name].quicklook_key())
+            summary.quicklook_seconds = time.perf_counter() - tq
     except BaseException:
         outputs.abort()
         raise
-    titles = {p: f"{names[p].stem} — {req.sensor} {req.algorithm}" for p in names}
-    # A small job's maps are in memory: their quicklooks are drawn while the COGs are written and stored.
-    drawing = draw_in_background(outputs.previews(), titles) if quicklooks else None
-    cogs = outputs.finish()
-    for product_name, path in cogs.items():
-        name = names[product_name]
-        sink.put_file(name.key(), path)
-        summary.files.append(name.key())
-        style = name.key().removesuffix(".tif") + ".qml"  # QGIS applies a .qml of the same name on opening
-        sink.put_bytes(style, qml_style(product_name, job.start, job.end), "text/xml")
-        summary.files.append(style)
-    ql_seconds = 0.0
-    if drawing is not None:
-        # The time the job spends on quicklooks beyond what overlapped with the COGs (benchmarks/README.md).
-        tq = time.perf_counter()
-        pngs = drawing.result()
-        # Larger maps: previews read from the COG overviews.
-        pngs.update(render_quicklooks({p: c for p, c in cogs.items() if p not in pngs}, titles, threads=1))
-        for product_name in cogs:
-            sink.put_bytes(names[product_name].quicklook_key(), pngs[product_name], "image/png")
-            summary.files.append(names[product_name].quicklook_key())
-        ql_seconds = time.perf_counter() - tq
-    for path in cogs.values():
-        path.unlink(missing_ok=True)
-    summary.seconds = time.perf_counter() - t0
-    summary.quicklook_seconds = ql_seconds
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return summary
+
+
+@dataclass
+class _Open:
+    """A job of the pipeline from its admission to its outputs being stored."""
+
+    index: int
+    job: Job
+    gbox: GeoBox
+    todo: deque[tuple[int, int, int, int]]
+    t0: float
+    state: str = "preparing"  # → computing → finishing
+    prep: _Prepared | None = None
+    prep_future: Future[_Prepared | None] | None = None
+    outputs: OutputSet | None = None
+    folder: Path | None = None
+    summary: JobSummary | None = None
+    pending: dict[Any, tuple[int, int, int, int]] = field(default_factory=dict)
+    task: Any = None
+    aborted: bool = False
+
+
+class _Pipeline:
+    """The jobs of a request, overlapped, with bounded resources.
+
+    A job is *open* from its discovery (STAC search, job spec; on a background thread) through its blocks (on the
+    executor) to its finishing (COG conversion, storing, quicklooks; on a background thread). At most
+    ``open_jobs`` (K) jobs are open, admitted in request order, so while one job is finished and the next one's
+    scenes are searched, the blocks of the job between keep the workers busy. Blocks of every open job share one
+    window of ``executor.in_flight`` (W) submitted blocks, oldest job first. This loop thread alone writes the
+    blocks into the job's files, in completion order.
+
+    Bounds: blocks in flight ≤ W (their results are written as they arrive); open jobs ≤ K, so temporary output
+    sets ≤ K (each job's product files, open from its first block to its finishing: ≤ K × products open files),
+    in-memory quicklook maps ≤ K small jobs, temporary disk ≤ K jobs' files, COG conversions ≤ K jobs at once.
+    K = 1 is the sequential run.
+
+    When a job fails (discovery, a block after its retries, writing or finishing) no further job is admitted; the
+    open jobs after it in the request are aborted (files closed, temporary folder removed, nothing stored) unless
+    they are already finishing, those before it run to the end and are stored, as they would have been one after
+    another; then ``run`` raises the error of the first failed job. An interrupt (KeyboardInterrupt, or an error of
+    the loop itself, such as a lost scheduler) aborts every job whose blocks are running and waits for the finishing
+    ones.
+    """
+
+    def __init__(self, req: ProductionRequest, jobs: list[Job], sink: Sink, executor: BlockExecutor,
+                 source: str | None, *, landcover: str | None, block_size: int, bars: _Bars | None,
+                 quicklooks: bool, tmp: Path, open_jobs: int):
+        self.req, self.jobs, self.sink, self.executor, self.source = req, jobs, sink, executor, source
+        self.landcover, self.block_size, self.bars, self.quicklooks, self.tmp = \
+            landcover, block_size, bars, quicklooks, tmp
+        self.open_jobs = open_jobs
+        self.events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
+        self.open: dict[int, _Open] = {}
+        self.done: dict[int, JobSummary] = {}
+        self.failures: dict[int, BaseException] = {}
+        self.next_job = 0
+        self.in_flight = 0
+        self.qc_nodata = products.product("QC").nodata
+        # discovery ahead of the blocks; finishing of up to K jobs at once (never the limit: K is)
+        self.preparing = ThreadPoolExecutor(min(2, open_jobs), thread_name_prefix="leaf-discover")
+        self.finishing = ThreadPoolExecutor(open_jobs, thread_name_prefix="leaf-finish")
+
+    def run(self) -> list[JobSummary]:
+        try:
+            while True:
+                self._admit()
+                self._feed()
+                if not self.open:
+                    break
+                try:
+                    kind, index, fut = self.events.get(timeout=1.0)  # a timeout keeps Ctrl-C responsive
+                except queue.Empty:
+                    continue
+                job = self.open.get(index)
+                if job is not None:
+                    getattr(self, f"_on_{kind}")(job, fut)
+        except BaseException:
+            for job in list(self.open.values()):
+                if job.state != "finishing":
+                    self._abort(job)
+            raise
+        finally:
+            self.preparing.shutdown(wait=True, cancel_futures=True)
+            self.finishing.shutdown(wait=True)
+            for job in self.open.values():  # discovered after an interrupt: nothing will compute them
+                if job.state == "preparing" and job.prep_future is not None:
+                    self._unshare_prepared(job.prep_future)
+        if self.failures:
+            raise self.failures[min(self.failures)]
+        return [self.done[i] for i in range(len(self.jobs))]
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def _admit(self) -> None:
+        while len(self.open) < self.open_jobs and self.next_job < len(self.jobs) and not self.failures:
+            i, job = self.next_job, self.jobs[self.next_job]
+            self.next_job += 1
+            gbox = job.geobox()
+            o = _Open(i, job, gbox, deque(blocks(gbox, self.block_size)), time.perf_counter())
+            self.open[i] = o
+            o.prep_future = self.preparing.submit(_prepare, self.req, job, gbox, self.sink, self.executor,
+                                                  self.source, self.landcover)
+            o.prep_future.add_done_callback(lambda f, i=i: self.events.put(("prepared", i, f)))
+
+    def _feed(self) -> None:
+        """Submit blocks, oldest open job first, until W are in flight."""
+        for job in sorted(self.open.values(), key=lambda o: o.index):
+            while job.state == "computing" and job.todo and self.in_flight < self.executor.in_flight:
+                key = job.todo.popleft()
+                fut = self.executor.submit(_run_block, job.prep.handle, key,  # type: ignore[union-attr]
+                                           lambda f, i=job.index: self.events.put(("block", i, f)))
+                job.pending[fut] = key
+                self.in_flight += 1
+            if self.in_flight >= self.executor.in_flight:
+                return
+
+    def _on_prepared(self, job: _Open, fut: Future[_Prepared | None]) -> None:
+        if job.aborted:  # aborted while its scenes were searched
+            self._unshare_prepared(fut)
+            del self.open[job.index]
+            return
+        try:
+            prep = fut.result()
+        except Exception as e:
+            self._fail(job, e)
+            return
+        if prep is None:  # skip_existing: its outputs are all there
+            self.done[job.index] = JobSummary(job.job.job_id, [], job.gbox.width, job.gbox.height, skipped=True)
+            if self.bars is not None:
+                self.bars.skip(len(job.todo))
+            del self.open[job.index]
+            return
+        job.prep, job.state = prep, "computing"
+        job.summary = JobSummary(job.job.job_id, [s.id for s in prep.scenes], job.gbox.width, job.gbox.height)
+        job.folder = self.tmp / job.job.job_id
+        try:
+            job.outputs = OutputSet(job.folder, {p: n.stem for p, n in prep.names.items()}, job.gbox, prep.tags)
+        except Exception as e:
+            self._fail(job, e)
+            return
+        if self.bars is not None:
+            job.task = self.bars.add_task(f"{job.job.job_id} ({len(prep.scenes)} scenes)", total=len(job.todo))
+
+    def _on_block(self, job: _Open, fut: Any) -> None:
+        key = job.pending.pop(fut, None)
+        if key is None:  # a block of an aborted job, or cancelled
+            return
+        self.in_flight -= 1
+        try:
+            arrays = fut.result()
+            self.executor.release(fut)
+            r, c, _, _ = key
+            job.outputs.write_block(arrays, r, c)  # type: ignore[union-attr]
+        except Exception as e:
+            self._fail(job, e)
+            return
+        qc = arrays["QC"]
+        s = job.summary
+        assert s is not None
+        s.pixels_in_region += int(np.count_nonzero(qc != self.qc_nodata))
+        s.pixels_with_obs += int(np.count_nonzero((qc != self.qc_nodata) & ((qc & products.QC_INVALID) == 0)))
+        if self.bars is not None:
+            self.bars.advance(job.task)
+        if not job.todo and not job.pending:
+            job.state = "finishing"
+            self.executor.unshare(job.prep.handle)  # type: ignore[union-attr]
+            f = self.finishing.submit(_finish, self.req, job.job, job.prep, job.outputs, job.folder, s, self.sink,
+                                      self.quicklooks)
+            f.add_done_callback(lambda f, i=job.index: self.events.put(("finished", i, f)))
+
+    def _on_finished(self, job: _Open, fut: Future[JobSummary]) -> None:
+        del self.open[job.index]
+        if self.bars is not None and job.task is not None:
+            self.bars.remove(job.task)
+        try:
+            summary = fut.result()
+        except Exception as e:
+            self.failures[job.index] = e
+            self._fail_after(job.index)
+            return
+        summary.seconds = time.perf_counter() - job.t0
+        self.done[job.index] = summary
+
+    # --------------------------------------------------------------------------------------------- failures
+
+    def _unshare_prepared(self, fut: Future[_Prepared | None]) -> None:
+        """Release what a discovery that will not be computed shared with the executor."""
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            prep = fut.result()
+            if prep is not None:
+                self.executor.unshare(prep.handle)
+
+    def _fail(self, job: _Open, error: BaseException) -> None:
+        self.failures[job.index] = error
+        self._abort(job)
+        self._fail_after(job.index)
+
+    def _fail_after(self, index: int) -> None:
+        for other in list(self.open.values()):
+            if other.index > index and other.state != "finishing":
+                self._abort(other)
+
+    def _abort(self, job: _Open) -> None:
+        """Drop a job that is not finishing: its blocks cancelled, its files closed and removed, nothing stored."""
+        if job.aborted:
+            return
+        job.aborted = True
+        if job.state == "preparing":
+            fut = job.prep_future
+            if fut is None or fut.cancel() or fut.done():
+                if fut is not None:
+                    self._unshare_prepared(fut)
+                del self.open[job.index]
+            return  # else still searching: its "prepared" event releases what it shared
+        self.executor.cancel(list(job.pending))
+        self.in_flight -= len(job.pending)
+        job.pending.clear()
+        if job.outputs is not None:
+            job.outputs.abort()
+        if job.folder is not None:
+            shutil.rmtree(job.folder, ignore_errors=True)
+        if job.prep is not None:
+            self.executor.unshare(job.prep.handle)
+        if self.bars is not None and job.task is not None:
+            self.bars.remove(job.task)
+        del self.open[job.index]
 
 
 def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink | None = None,
             scenes: str | None = None, dask_address: str | Any | None = None, progress: bool = True,
             landcover: str | None = None, block_size: int = DEFAULT_BLOCK, workers: int = 2,
-            quicklooks: bool | None = None) -> ProduceResult:
+            quicklooks: bool | None = None, open_jobs: int = DEFAULT_OPEN_JOBS) -> ProduceResult:
     """Run every job of ``req`` locally and write its outputs (COGs + quicklooks) into the sink.
 
     ``scenes`` overrides the request's ``scenes`` (a STAC ItemCollection/catalog path or URL, or a STAC API URL;
     without either, the deployment's ``LEAF_STAC_API``). The sink is the request's (``open_sink(req, out_dir)``)
     unless given. Blocks run on ``workers`` threads, or as tasks on the Dask cluster ``dask_address`` (a scheduler
     address, a ``distributed.Client`` or a cluster object such as ``LocalCluster``).
+    Up to ``open_jobs`` jobs are in progress at once: one job's scenes are searched and another's outputs are
+    finished while blocks run (:class:`_Pipeline`, which also says what a failing job does to the others); 1 runs
+    them one after another. The outputs are the same either way.
     Jobs whose outputs all exist are skipped when ``rerun`` is ``skip_existing``.
     ``quicklooks`` None: the ``LEAF_QUICKLOOKS`` environment variable (default on).
     """
@@ -239,6 +485,9 @@ def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink |
     if source is None:
         raise ProduceError("the local backend reads scenes from a STAC catalogue or API: add \"scenes\": \"PATH or "
                            "URL\" to the request, pass --scenes, or set LEAF_STAC_API")
+    if isinstance(open_jobs, bool) or not isinstance(open_jobs, int) or open_jobs < 1:
+        raise ProduceError(f"open_jobs={open_jobs!r}: the number of jobs in progress at once must be an integer "
+                           "of at least 1 (1 runs the jobs one after another)")
     sink = sink or open_sink(req, out_dir)
     quicklooks = quicklooks_enabled(quicklooks)
     result = ProduceResult(req.request_id, [], [])
@@ -249,16 +498,9 @@ def produce(req: ProductionRequest, *, out_dir: Path | None = None, sink: Sink |
             jobs = req.jobs()
             bars = _Bars(bar, sum(len(blocks(j.geobox(), block_size)) for j in jobs), len(jobs)) \
                 if bar is not None else None
-            for job in jobs:
-                if req.rerun == "skip_existing" and _all_exist(sink, job):
-                    gb = job.geobox()
-                    result.jobs.append(JobSummary(job.job_id, [], gb.width, gb.height, skipped=True))
-                    if bars is not None:
-                        bars.skip(len(blocks(gb, block_size)))
-                    continue
-                summary = run_job(req, job, sink, executor, source, landcover=landcover, block_size=block_size,
-                                  bar=bars, quicklooks=quicklooks, tmp=Path(tmp))
-                result.jobs.append(summary)
+            result.jobs = _Pipeline(req, jobs, sink, executor, source, landcover=landcover, block_size=block_size,
+                                    bars=bars, quicklooks=quicklooks, tmp=Path(tmp), open_jobs=open_jobs).run()
+            for summary in result.jobs:
                 result.files.extend(summary.files)
     finally:
         executor.close()

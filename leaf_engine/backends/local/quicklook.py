@@ -111,7 +111,7 @@ def draw_in_background(previews: dict[str, Preview], titles: dict[str, str]) -> 
     from concurrent.futures import ThreadPoolExecutor
 
     with _BACKGROUND_LOCK:
-        if not _BACKGROUND:  # one thread for the process: jobs run one after another
+        if not _BACKGROUND:  # one thread for the process: jobs finishing at once draw one after another
             _BACKGROUND.append(ThreadPoolExecutor(1, thread_name_prefix="leaf-quicklook"))
         pool = _BACKGROUND[0]
     return pool.submit(lambda: {p: render_quicklook(Path(p), p, titles[p], preview=pv) for p, pv in previews.items()})
