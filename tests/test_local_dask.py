@@ -7,7 +7,6 @@ The multi-job request is the Bouconne example (real Sentinel-2 L3A spectra): sev
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,27 +24,15 @@ from rasterio.errors import RasterioIOError
 from leaf_engine.backends.local import engine
 from leaf_engine.backends.local.engine import ProduceError, produce
 from leaf_engine.backends.local.executors import ThreadExecutor
-from leaf_engine.request import parse_request
+from tests.support.local_runs import SOURCES, example_request, output_arrays
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CATALOG = EXAMPLES / "data/bouconne-2018/catalog.json"
+CATALOG = SOURCES["bouconne-2018"]
 BLOCK = 32  # about 16 blocks a job: several blocks of several jobs in flight at once
 MONTHS = ("Apr", "May", "Jul", "Aug", "Sep", "Oct", "Nov")
 
 
 def _request(**extra: Any) -> Any:
-    doc = json.loads((EXAMPLES / "bouconne-2018.json").read_text())
-    doc.pop("scenes")
-    doc.update(extra)
-    return parse_request(doc)
-
-
-def _arrays(root: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for p in sorted(root.rglob("*.tif")):
-        with rasterio.open(p) as src:
-            out[str(p.relative_to(root))] = src.read()
-    return out
+    return example_request("bouconne-2018", **extra)
 
 
 def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
@@ -99,7 +86,7 @@ def test_overlapped_jobs_on_threads_equal_the_sequential_run_within_bounds(seque
     monkeypatch.setattr(engine, "make_executor", lambda *_: recorder)
     result = produce(_request(), out_dir=tmp_path, scenes=str(CATALOG), progress=False, quicklooks=False,
                      block_size=BLOCK, open_jobs=3)
-    _assert_same(_arrays(tmp_path), _arrays(ref_dir))
+    _assert_same(output_arrays(tmp_path), output_arrays(ref_dir))
     # the result lists jobs and files in request order, whatever order they finished in
     assert result.files == ref.files
     assert [(j.job_id, j.scenes, j.pixels_in_region, j.pixels_with_obs) for j in result.jobs] == \
@@ -132,7 +119,7 @@ def test_progress_bars_of_overlapped_jobs(sequential, tmp_path):
     assert "all 3 job(s), blocks" in text
     assert sum(1 for k in result.files if k.endswith(".png")) == 3 * 6
     ref_dir, _ = sequential
-    for key, arr in _arrays(tmp_path).items():
+    for key, arr in output_arrays(tmp_path).items():
         with rasterio.open(ref_dir / key) as src:
             np.testing.assert_array_equal(arr, src.read(), err_msg=key)
 
@@ -189,7 +176,7 @@ def test_overlapped_jobs_on_two_worker_processes_equal_the_sequential_run(sequen
     ref_dir, ref = sequential
     result = produce(_request(), out_dir=tmp_path, scenes=str(CATALOG), dask_address=cluster, progress=False,
                      quicklooks=False, block_size=BLOCK, open_jobs=3)
-    _assert_same(_arrays(tmp_path), _arrays(ref_dir))
+    _assert_same(output_arrays(tmp_path), output_arrays(ref_dir))
     assert result.files == ref.files
 
 
@@ -218,4 +205,4 @@ def test_a_killed_worker_in_a_multi_job_run_costs_only_its_blocks(sequential, tm
         assert t.is_alive()  # killed mid-run, with blocks in flight
         t.join(300)
         assert not t.is_alive() and not errors, errors
-    _assert_same(_arrays(tmp_path), _arrays(ref_dir))
+    _assert_same(output_arrays(tmp_path), output_arrays(ref_dir))

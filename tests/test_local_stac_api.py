@@ -8,30 +8,31 @@ threaded run from the catalogue files, pixel for pixel, also when a worker is ki
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from datetime import date
-from pathlib import Path
 
 import distributed
 import numpy as np
 import pytest
-import rasterio
 import shapely
 
 from leaf_engine.backends.local import stac_api
 from leaf_engine.backends.local.engine import produce
 from leaf_engine.backends.local.scenes import SceneError
-from leaf_engine.request import parse_request
+from tests.support.local_runs import (
+    EXAMPLES,
+    PROBE,
+    SOURCES,
+    assert_api_run_equals_threaded,
+    example_request,
+    output_arrays,
+    threaded_references,
+    worker_cluster,
+)
 from tests.support.stac_api_server import public_shape_catalog, serve_files, serve_stac_api
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SOURCES = {"bouconne-2018": EXAMPLES / "data/bouconne-2018/catalog.json",
-           "canberra-1992-l5": EXAMPLES / "data/canberra-1992-l5/catalog.json"}
-PROBE = "canberra-1992-l5/LS5_TM_NBAR_090_084_19920323/red.tif"
 
 
 @pytest.fixture(scope="module")
@@ -48,36 +49,13 @@ def apis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  memory_limit="1.5GiB") as c:
+    with worker_cluster() as c:
         yield c
-
-
-def _request(name: str, **extra) -> object:
-    doc = json.loads((EXAMPLES / f"{name}.json").read_text())
-    doc.pop("scenes")
-    doc.update(extra)
-    return parse_request(doc)
-
-
-def _arrays(root: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for p in sorted(root.rglob("*.tif")):
-        with rasterio.open(p) as src:
-            out[str(p.relative_to(root))] = src.read()
-    return out
 
 
 @pytest.fixture(scope="module")
 def threaded(tmp_path_factory):
-    """The reference: each example from its catalogue file on threads."""
-    out = {}
-    for name in ("bouconne-2018", "canberra-1992-l5"):
-        folder = tmp_path_factory.mktemp(f"threads-{name}")
-        produce(_request(name), out_dir=folder, scenes=str(SOURCES[name]), progress=False, quicklooks=False,
-                block_size=64)
-        out[name] = _arrays(folder)
-    return out
+    return threaded_references(tmp_path_factory)
 
 
 def test_search_pages_and_filters_by_window_and_geometry(apis, monkeypatch):
@@ -111,21 +89,7 @@ def test_api_errors_are_typed_and_say_what_to_do(apis, monkeypatch):
                                         ("planetary-computer", "canberra-1992-l5")])
 def test_examples_through_the_api_on_worker_processes_equal_the_threaded_run(apis, cluster, threaded, shape, name,
                                                                              tmp_path):
-    produce(_request(name, scenes=apis[shape]), out_dir=tmp_path / "workers", dask_address=cluster, progress=False,
-            quicklooks=False, block_size=64)
-    got = _arrays(tmp_path / "workers")
-    if shape == "planetary-computer" and name.startswith("canberra"):
-        # Reshaped as a USGS Collection 2 item, the scene's QA_PIXEL is trusted to flag water (bit 7), so the
-        # NDWI water test of non-USGS products (the catalogue file's Geoscience Australia NBAR) does not apply:
-        # the reference is the same items on threads.
-        produce(_request(name, scenes=apis[shape]), out_dir=tmp_path / "threads", progress=False,
-                quicklooks=False, block_size=64)
-        want = _arrays(tmp_path / "threads")
-    else:
-        want = threaded[name]
-    assert got.keys() == want.keys() and len(got) >= 6
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_api_run_equals_threaded(apis[shape], shape, name, cluster, threaded, tmp_path)
 
 
 def test_a_killed_worker_costs_only_its_blocks(apis, threaded, tmp_path):
@@ -138,7 +102,7 @@ def test_a_killed_worker_costs_only_its_blocks(apis, threaded, tmp_path):
 
         def run() -> None:
             try:
-                produce(_request("bouconne-2018", scenes=apis["earth-search"]), out_dir=tmp_path,
+                produce(example_request("bouconne-2018", scenes=apis["earth-search"]), out_dir=tmp_path,
                         dask_address=client, progress=False, quicklooks=False, block_size=32)
             except BaseException as e:  # reported by the test thread
                 errors.append(e)
@@ -153,7 +117,7 @@ def test_a_killed_worker_costs_only_its_blocks(apis, threaded, tmp_path):
         assert t.is_alive()  # killed mid-run, with blocks in flight
         t.join(300)
         assert not t.is_alive() and not errors, errors
-    got, want = _arrays(tmp_path), threaded["bouconne-2018"]
+    got, want = output_arrays(tmp_path), threaded["bouconne-2018"]
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)

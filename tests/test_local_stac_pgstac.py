@@ -21,18 +21,22 @@ import os
 import urllib.request
 from datetime import UTC, date, datetime
 
-import distributed
-import numpy as np
 import pystac
 import pytest
 import shapely
 
 from leaf_engine.backends.local import stac_api
-from leaf_engine.backends.local.engine import produce
 from leaf_engine.backends.local.scenes import SceneError
+from tests.support.local_runs import (
+    EXAMPLES,
+    PROBE,
+    SOURCES,
+    assert_api_run_equals_threaded,
+    threaded_references,
+    worker_cluster,
+)
 from tests.support.pgstac_server import catalog_contents, serve_pgstac, unavailable
 from tests.support.stac_api_server import flaky_proxy, public_shape_catalog, serve_files
-from tests.test_local_stac_api import EXAMPLES, PROBE, SOURCES, _arrays, _request
 
 pytestmark = pytest.mark.slow
 
@@ -85,21 +89,13 @@ def apis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  memory_limit="1.5GiB") as c:
+    with worker_cluster() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def threaded(tmp_path_factory):
-    """The reference: each example from its catalogue file on threads."""
-    out = {}
-    for name in ("bouconne-2018", "canberra-1992-l5"):
-        folder = tmp_path_factory.mktemp(f"threads-{name}")
-        produce(_request(name), out_dir=folder, scenes=str(SOURCES[name]), progress=False, quicklooks=False,
-                block_size=64)
-        out[name] = _arrays(folder)
-    return out
+    return threaded_references(tmp_path_factory)
 
 
 def _searches(log) -> list[str]:
@@ -195,17 +191,4 @@ def test_api_errors_are_typed_and_say_what_to_do(apis, monkeypatch):
                                         ("planetary-computer", "canberra-1992-l5")])
 def test_examples_through_pgstac_on_worker_processes_equal_the_threaded_run(apis, cluster, threaded, shape, name,
                                                                             tmp_path):
-    produce(_request(name, scenes=apis[shape]), out_dir=tmp_path / "workers", dask_address=cluster, progress=False,
-            quicklooks=False, block_size=64)
-    got = _arrays(tmp_path / "workers")
-    if shape == "planetary-computer" and name.startswith("canberra"):
-        # as a USGS Collection 2 item the scene's QA_PIXEL flags water, so the NDWI test of the catalogue file's
-        # Geoscience Australia NBAR does not apply: the reference is the same items on threads
-        produce(_request(name, scenes=apis[shape]), out_dir=tmp_path / "threads", progress=False,
-                quicklooks=False, block_size=64)
-        want = _arrays(tmp_path / "threads")
-    else:
-        want = threaded[name]
-    assert got.keys() == want.keys() and len(got) >= 6
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_api_run_equals_threaded(apis[shape], shape, name, cluster, threaded, tmp_path)
