@@ -195,14 +195,10 @@ def _lookup_bitset(codef, m, bitset, ood, s):
 
 
 @njit(inline="always", cache=True)
-def _in_domain(codef, bitset, codes):
+def _in_codes(codef, codes):
+    """Binary search of one code in the sorted codes (code spaces too large for a bitset)."""
     if not codef >= 0.0:  # also NaN: a band was not finite
         return False
-    if bitset.shape[0] > 0:
-        if codef >= bitset.shape[0] * 64.0:
-            return False
-        code = np.int64(codef)
-        return (bitset[code >> 6] >> np.uint64(code & 63)) & np.uint64(1) == np.uint64(1)
     code = np.int64(codef)
     i = np.searchsorted(codes, code)
     return i < codes.shape[0] and codes[i] == code
@@ -273,13 +269,12 @@ def _domain_codes_impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # type: i
     """Domain code of each pixel of a chunk into ``codef`` (float64). Float32 inputs of a set with at most
     8 domain bands: float32 digits summed in two exact halves (4 digits each), unless a pixel of the chunk is
     not safe for them; otherwise, and for float64 inputs, float64 digits."""
-    slow_jit = _codes64
     if not (isinstance(xs.dtype.dtype, types.Float) and xs.dtype.dtype.bitwidth == 32):
-        return lambda xs, s, m, dom_mult, fast, codef, lo, hi, okf: slow_jit(xs, s, m, dom_mult, codef)
+        return lambda xs, s, m, dom_mult, fast, codef, lo, hi, okf: _codes64(xs, s, m, dom_mult, codef)
 
     def impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):
         if not fast:
-            slow_jit(xs, s, m, dom_mult, codef)
+            _codes64(xs, s, m, dom_mult, codef)
             return
         for p in range(m):
             lo[p] = 0.0
@@ -299,7 +294,7 @@ def _domain_codes_impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # type: i
             for p in range(m):
                 codef[p] = np.float64(hi[p]) * 1e4 + np.float64(lo[p])
         else:
-            slow_jit(xs, s, m, dom_mult, codef)
+            _codes64(xs, s, m, dom_mult, codef)
 
     return impl
 
@@ -390,7 +385,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
                     _lookup_bitset(codef, m, bitset, ood, s)
                 else:
                     for p in range(m):
-                        ood[s + p] = not _in_domain(codef[p], bitset, codes)
+                        ood[s + p] = not _in_codes(codef[p], codes)
 
 
 @dataclass(frozen=True, eq=False)
