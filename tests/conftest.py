@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.emulators import Emulators, EmulatorUnavailable, running_emulators
+from tests.support.local_runs import threaded_references, worker_cluster
 
 pytest_plugins = ["tests.support.ee_standin"]  # the ee_standin fixture
 
@@ -29,3 +30,16 @@ def emulators() -> Iterator[Emulators]:
         if os.environ.get("LEAF_REQUIRE_EMULATORS") == "1":
             raise
         pytest.skip(f"emulators unavailable: {e}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    """A ``distributed.LocalCluster`` of two worker processes for the module's tests."""
+    with worker_cluster() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each example from its catalogue file on threads: the reference of the runs through a STAC API."""
+    return threaded_references(tmp_path_factory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pystac
 import pytest
@@ -289,6 +290,19 @@ def _catalogue_all(sink: LocalSink, keys: list[str], pub: RecordingPublisher | N
         catalogue_object(sink, _event(sink, k, f"{tag}{i}", generation=sink.generation(k)), publisher=pub)
 
 
+def _complete_run(sink: LocalSink, tmp_path: Path, **run: Any
+                  ) -> tuple[Any, dict, list[str], RecordingPublisher]:
+    """A run of ``small_request("f")`` whose good files are all written and catalogued: (request, its run record,
+    the object keys, the publisher that got the tile-ready)."""
+    req = small_request("f")
+    record = write_run(sink, req, **run)
+    keys = list(record["objects"])
+    write_outputs(sink, record, tmp_path)
+    pub = RecordingPublisher()
+    _catalogue_all(sink, keys, pub, "e")
+    return req, record, keys, pub
+
+
 def test_a_bad_overwrite_of_a_complete_item_shows_in_item_collection_and_run(sink: LocalSink, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
     """good → complete (SUCCEEDED, one tile-ready) → one file replaced by a bad one: the item is incomplete with
@@ -297,12 +311,7 @@ def test_a_bad_overwrite_of_a_complete_item_shows_in_item_collection_and_run(sin
     from leaf_engine.cli import main
     from leaf_engine.service import run_status
 
-    req = small_request("f")
-    record = write_run(sink, req)
-    keys = list(record["objects"])
-    write_outputs(sink, record, tmp_path)
-    pub = RecordingPublisher()
-    _catalogue_all(sink, keys, pub, "e")
+    req, record, keys, pub = _complete_run(sink, tmp_path)
     item_id = "tile42_911_2020_Jul"
     assert _item(sink, "f")["properties"]["leaf:complete"] and len(pub.messages) == 1
     assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "complete"}
@@ -353,12 +362,7 @@ def test_a_bad_overwrite_of_a_complete_item_shows_in_item_collection_and_run(sin
 def test_a_bad_shard_degrades_the_item_and_its_late_older_event_undoes_nothing(sink: LocalSink,
                                                                               tmp_path: Path) -> None:
     """One shard of a sharded file goes bad, then is fixed; the late event of the bad generation is stale."""
-    req = small_request("f")
-    record = write_run(sink, req, shards=2)
-    keys = list(record["objects"])
-    write_outputs(sink, record, tmp_path)
-    pub = RecordingPublisher()
-    _catalogue_all(sink, keys, pub, "e")
+    req, record, keys, pub = _complete_run(sink, tmp_path, shards=2)
     item_id = "tile42_911_2020_Jul"
     assert _collection(sink, req.request_id)["leaf:items"] == {item_id: "complete"} and len(pub.messages) == 1
 
@@ -381,12 +385,7 @@ def test_a_bad_shard_degrades_the_item_and_its_late_older_event_undoes_nothing(s
 
 def test_a_bad_file_whose_event_comes_after_the_fix_is_stale(sink: LocalSink, tmp_path: Path) -> None:
     """Bad generation written, good one written over it, then both events in reverse order: nothing degrades."""
-    req = small_request("f")
-    record = write_run(sink, req)
-    keys = list(record["objects"])
-    write_outputs(sink, record, tmp_path)
-    pub = RecordingPublisher()
-    _catalogue_all(sink, keys, pub, "e")
+    req, record, keys, pub = _complete_run(sink, tmp_path)
     write_outputs(sink, record, tmp_path, [keys[0]], width=299)
     bad_gen = sink.generation(keys[0])
     write_outputs(sink, record, tmp_path, [keys[0]])

@@ -7,15 +7,11 @@ The multi-job request is the Bouconne example (real Sentinel-2 L3A spectra): sev
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import distributed
 import numpy as np
 import pytest
 import rasterio
@@ -24,7 +20,13 @@ from rasterio.errors import RasterioIOError
 from leaf_engine.backends.local import engine
 from leaf_engine.backends.local.engine import ProduceError, produce
 from leaf_engine.backends.local.executors import ThreadExecutor
-from tests.support.local_runs import SOURCES, example_request, output_arrays
+from tests.support.local_runs import (
+    SOURCES,
+    assert_same_outputs,
+    example_request,
+    output_arrays,
+    run_killing_a_worker,
+)
 
 CATALOG = SOURCES["bouconne-2018"]
 BLOCK = 32  # about 16 blocks a job: several blocks of several jobs in flight at once
@@ -36,9 +38,8 @@ def _request(**extra: Any) -> Any:
 
 
 def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert got.keys() == want.keys() and len(want) == 7 * 6
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert len(want) == 7 * 6
+    assert_same_outputs(got, want)
 
 
 class RecordingExecutor(ThreadExecutor):
@@ -165,13 +166,6 @@ def test_a_failing_job_leaves_no_file_and_the_others_whole(tmp_path, open_jobs, 
     assert leftovers == []
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  memory_limit="1.5GiB") as c:
-        yield c
-
-
 def test_overlapped_jobs_on_two_worker_processes_equal_the_sequential_run(sequential, cluster, tmp_path):
     ref_dir, ref = sequential
     result = produce(_request(), out_dir=tmp_path, scenes=str(CATALOG), dask_address=cluster, progress=False,
@@ -184,25 +178,7 @@ def test_a_killed_worker_in_a_multi_job_run_costs_only_its_blocks(sequential, tm
     """SIGKILL one of two worker processes while blocks of overlapped jobs are in flight: the scheduler recomputes
     its blocks on the other and every job's files are those of the sequential threaded run."""
     ref_dir, _ = sequential
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
-            distributed.Client(c) as client:
-        pids = list(client.run(os.getpid).values())
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                produce(_request(), out_dir=tmp_path, scenes=str(CATALOG), dask_address=client, progress=False,
-                        quicklooks=False, block_size=BLOCK, open_jobs=3)
-            except BaseException as e:  # reported by the test thread
-                errors.append(e)
-
-        t = threading.Thread(target=run)
-        t.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(ts for ts in client.processing().values()):
-            time.sleep(0.05)
-        os.kill(pids[0], signal.SIGKILL)
-        assert t.is_alive()  # killed mid-run, with blocks in flight
-        t.join(300)
-        assert not t.is_alive() and not errors, errors
+    run_killing_a_worker(lambda client: produce(
+        _request(), out_dir=tmp_path, scenes=str(CATALOG), dask_address=client, progress=False, quicklooks=False,
+        block_size=BLOCK, open_jobs=3), wait_s=120)
     _assert_same(output_arrays(tmp_path), output_arrays(ref_dir))

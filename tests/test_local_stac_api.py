@@ -8,14 +8,8 @@ threaded run from the catalogue files, pixel for pixel, also when a worker is ki
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from datetime import date
 
-import distributed
-import numpy as np
 import pytest
 import shapely
 
@@ -27,10 +21,10 @@ from tests.support.local_runs import (
     PROBE,
     SOURCES,
     assert_api_run_equals_threaded,
+    assert_same_outputs,
     example_request,
     output_arrays,
-    threaded_references,
-    worker_cluster,
+    run_killing_a_worker,
 )
 from tests.support.stac_api_server import public_shape_catalog, serve_files, serve_stac_api
 
@@ -45,17 +39,6 @@ def apis(tmp_path_factory):
                 serve_stac_api(public_shape_catalog(tmp / "pc", SOURCES, "planetary-computer", files)) as pc:
             urls["earth-search"], urls["planetary-computer"] = es, pc
             yield urls
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with worker_cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def threaded(tmp_path_factory):
-    return threaded_references(tmp_path_factory)
 
 
 def test_search_pages_and_filters_by_window_and_geometry(apis, monkeypatch):
@@ -95,29 +78,7 @@ def test_examples_through_the_api_on_worker_processes_equal_the_threaded_run(api
 def test_a_killed_worker_costs_only_its_blocks(apis, threaded, tmp_path):
     """SIGKILL one of two worker processes while blocks are in flight: the scheduler recomputes its blocks
     elsewhere and the files are those of the threaded run."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
-            distributed.Client(c) as client:
-        pids = list(client.run(os.getpid).values())
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                produce(example_request("bouconne-2018", scenes=apis["earth-search"]), out_dir=tmp_path,
-                        dask_address=client, progress=False, quicklooks=False, block_size=32)
-            except BaseException as e:  # reported by the test thread
-                errors.append(e)
-
-        t = threading.Thread(target=run)
-        t.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(  # wait until blocks are running
-                ts for ts in client.processing().values()):
-            time.sleep(0.05)
-        os.kill(pids[0], signal.SIGKILL)
-        assert t.is_alive()  # killed mid-run, with blocks in flight
-        t.join(300)
-        assert not t.is_alive() and not errors, errors
-    got, want = output_arrays(tmp_path), threaded["bouconne-2018"]
-    assert got.keys() == want.keys()
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    run_killing_a_worker(lambda client: produce(
+        example_request("bouconne-2018", scenes=apis["earth-search"]), out_dir=tmp_path, dask_address=client,
+        progress=False, quicklooks=False, block_size=32), wait_s=60)
+    assert_same_outputs(output_arrays(tmp_path), threaded["bouconne-2018"])

@@ -32,8 +32,6 @@ from tests.support.local_runs import (
     PROBE,
     SOURCES,
     assert_api_run_equals_threaded,
-    threaded_references,
-    worker_cluster,
 )
 from tests.support.pgstac_server import catalog_contents, serve_pgstac, unavailable
 from tests.support.stac_api_server import flaky_proxy, public_shape_catalog, serve_files
@@ -85,17 +83,6 @@ def apis(tmp_path_factory):
         # the same Earth Search items behind an API with paging only (no query/filter/sort/fields extensions)
         with serve_pgstac(databases, {"minimal": ("earth-search", "pagination")}) as urls:
             yield urls
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with worker_cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def threaded(tmp_path_factory):
-    return threaded_references(tmp_path_factory)
 
 
 def _searches(log) -> list[str]:

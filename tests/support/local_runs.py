@@ -5,6 +5,11 @@ tests)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +78,38 @@ def assert_api_run_equals_threaded(api: str, shape: str, name: str, cluster: Any
         want = output_arrays(tmp_path / "threads")
     else:
         want = threaded[name]
-    assert got.keys() == want.keys() and len(got) >= 6
+    assert len(got) >= 6
+    assert_same_outputs(got, want)
+
+
+def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """The same files with the same pixels."""
+    assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def run_killing_a_worker(run: Callable[[distributed.Client], object], wait_s: float) -> None:
+    """``run(client)`` on a new cluster of two worker processes, in a thread; one worker is SIGKILLed as soon as
+    blocks are in flight (within ``wait_s``). The run must still be going when the worker dies and end without
+    an error."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        pids = list(client.run(os.getpid).values())
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                run(client)
+            except BaseException as e:  # reported by the test thread
+                errors.append(e)
+
+        t = threading.Thread(target=target)
+        t.start()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not any(ts for ts in client.processing().values()):
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)
+        assert t.is_alive()  # killed mid-run, with blocks in flight
+        t.join(300)
+        assert not t.is_alive() and not errors, errors
