@@ -32,14 +32,38 @@ def test_tanh_approximation_accuracy():
     np.testing.assert_array_equal(kernel.tanh32(-x), -fast)  # odd, so the bound holds for x < 0 too
 
 
+def test_folded_and_paired_activations_within_their_bound():
+    """Every neuron of every shipped set, as the kernel evaluates it: the output weight folded into tanh's
+    numerator, alone and in a pair sharing one division, within ACTIVATION_MAX_ERROR per unit of |w2|."""
+    from leaf_engine.sl2p.networks import shipped_sets
+
+    rng = np.random.default_rng(5)
+    worst = 0.0
+    for set_id in shipped_sets():
+        nets = load_network_set(set_id)
+        packed = kernel.pack(nets, tuple(nets.variables), uncertainty=True)
+        tp = packed.tanh_p.reshape(-1, 5)
+        w2 = packed.w2.reshape(-1).astype(np.float64)
+        for a in np.flatnonzero(w2):
+            b = (a + 1) % len(w2)
+            xa, xb = (np.concatenate([rng.uniform(-9, 9, 3000), rng.normal(0, 1.5, 3000)]).astype(np.float32)
+                      for _ in range(2))
+            one, two = kernel.activations32(xa, xb, tp[a], tp[b])
+            ta, tb = w2[a] * np.tanh(xa.astype(np.float64)), w2[b] * np.tanh(xb.astype(np.float64))
+            worst = max(worst, np.abs(one - ta).max() / abs(w2[a]),
+                        np.abs(two - ta - tb).max() / (abs(w2[a]) + abs(w2[b])))
+    assert worst <= kernel.ACTIVATION_MAX_ERROR
+    assert worst > kernel.TANH_MAX_ERROR / 2  # the samples reach the tanh's own worst region
+
+
 @pytest.mark.parametrize("set_id", ["leaf_sl2p_s2_20m", "leaf_sl2p_l8", "leaf_sl2pccrs_s2_20m", "leaf_sl2p_s2_10m"])
 def test_propagated_error_bound(s2, set_id):
-    """The tanh part of the a-priori bound is far inside the 1e-4 budget for every estimate; the full bound
-    (worst-case float32 rounding included) covers the measured error."""
+    """The activation part of the a-priori bound is far inside the 1e-4 budget for every estimate; the full
+    bound (worst-case float32 rounding included) covers the measured error."""
     nets = load_network_set(set_id)
     for v in ("LAI", "fCOVER", "fAPAR", "Albedo"):
         b = kernel.error_bound(nets, v)
-        assert b.tanh < 1e-5, (v, b)
+        assert b.tanh < 2e-5, (v, b)
         assert b.rounding < 5e-4, (v, b)
     if set_id == "leaf_sl2p_s2_20m":
         fast = estimate(nets, s2, ("LAI", "fCOVER"))

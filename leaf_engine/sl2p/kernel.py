@@ -2,24 +2,28 @@
 
 How it stays fast and accurate:
 * Pixels are processed in chunks of ``CHUNK`` that stay in L1 cache, in one flat float32 buffer per chunk whose
-  rows (centred inputs, an accumulator, a NaN row, a pre-activation row) sit at constant offsets. The neuron loop
-  is outside, the pixel loops inside, so LLVM vectorises them across pixels (AVX2/AVX-512) with no aliasing
-  checks. Each neuron is two short loops: the pre-activation (unrolled over 8 or 12 inputs, zero-padded; bound by
-  the FMA units) and the activation (tanh and the output weight), which keeps more independent iterations in
-  flight than one long dependency chain.
+  rows (centred inputs, an accumulator, a NaN row, two pre-activation rows) sit at constant offsets. The neuron
+  loop is outside, the pixel loops inside, so LLVM vectorises them across pixels (AVX2/AVX-512) with no aliasing
+  checks. Neurons go in pairs: two short pre-activation loops (unrolled over 8, 11 or 12 inputs, zero-padded;
+  bound by the FMA units), then one activation loop for both, which shares one division between the two tanh
+  and keeps more independent iterations in flight than one long dependency chain.
 * The input scaling is folded into the first layer: ``W1·(s·x + o) + b1 = (W1·s)·(x − c) + b1'`` with a centre
   ``c`` per input that is a float32 number, so ``x − c`` of a float32 input is exact (Sterbenz) and float64
   inputs are centred in float64 then rounded once. This avoids the cancellation of ``189·cosVZA − 188`` in
   float32 (it alone would cost ~1e-4 in LAI).
 * tanh is a rational x·P(x²)/Q(x²) of degree 9/6 fitted on [0, 7.9] whose error is bounded by
-  ``TANH_MAX_ERROR`` over every float32 input; :func:`error_bound` carries it (and float32 rounding) through
-  the layers. libm's tanh does not vectorise and costs more than all the multiply-adds together.
-* Non-finite inputs are tracked arithmetically (``d·0`` is 0 or NaN, summed into a NaN row): no branches. The
-  activation loop may therefore assume finite numbers (its clamp is vminps/vmaxps).
-* The domain code follows the rule of :mod:`.domain` exactly. For float32 inputs the digits are computed in
-  float32 (8 lanes) and trusted only where ``10·ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and
-  below ``DIGIT_RANGE``; a chunk with any other pixel is redone in float64. Codes are looked up in a bitset of
-  10**n_bands bits (12.5 MB for 8 bands, branch-free); larger code spaces use binary search in float64.
+  ``TANH_MAX_ERROR`` over every float32 input; Q is monic (its evaluation starts with an add) and each
+  neuron's output weight is folded into P, so the activation adds into the accumulator with no multiply.
+  ``ACTIVATION_MAX_ERROR`` adds the roundings of the folding and of the shared division, and
+  :func:`error_bound` carries it (and float32 rounding) through the layers. libm's tanh does not vectorise
+  and costs more than all the multiply-adds together.
+* Non-finite inputs are tracked arithmetically (``d − d`` is 0 or NaN, summed into a NaN row): no branches.
+  The activation loop may therefore assume finite numbers (its clamp is vminps/vmaxps).
+* The domain code follows the rule of :mod:`.domain` exactly. For float32 inputs the digits of all (up to 8)
+  domain bands are computed in float32 in one loop (8 lanes, from a copy of the chunk's domain bands) and
+  trusted only where ``10·ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and below ``DIGIT_RANGE``; a
+  chunk with any other pixel is redone in float64. Codes are looked up in a bitset of 10**n_bands bits
+  (12.5 MB for 8 bands, branch-free); larger code spaces use binary search in float64.
 * SL2P-CCRS: each chunk is split by network index (gather → compute → scatter), so mixed chunks cost only the
   networks present.
 
@@ -44,7 +48,7 @@ from .domain import BOUNDARY_TOLERANCE, DIGIT_CAP
 from .networks import Domain, Network, NetworkSet
 
 CHUNK = 256
-"""Pixels per chunk: the chunk buffer (14 rows × 256 float32) stays in L1."""
+"""Pixels per chunk: the chunk buffer (16 rows × 256 float32) stays in L1."""
 MAX_INPUTS = 12
 """Inputs the kernel takes (SL2P sets have 7 to 11); layers are unrolled for 8 or 12 inputs (zero-padded)."""
 ROW_ACC = 12
@@ -53,19 +57,32 @@ ROW_NAN = 13
 """Row of the chunk buffer that is 0, or NaN where any input of the pixel is not finite."""
 ROW_HID = 14
 """Row of the chunk buffer that holds one hidden neuron's pre-activation."""
-BUF_ROWS = 15
+ROW_HID2 = 15
+"""Row of the chunk buffer that holds the pre-activation of the second neuron of a pair."""
+BUF_ROWS = 16
 DIGIT_GUARD = 2e-6
 """Float32 domain digits are trusted when ``10·ρ − 1e-5`` is at least this far from an integer (its float32 error
 is ≤ 9.6e-7 for |10·ρ| < 15); otherwise the chunk's codes are rebuilt in float64."""
 DIGIT_RANGE = 15.0
-_ROUND_MAGIC = 12582912.0  # 1.5·2**23
 BITSET_MAX_BANDS = 8
-"""Up to 8 bands the domain lookup is a 12.5 MB bitset; more bands use binary search over the codes."""
+"""Up to 8 bands the domain lookup is a 12.5 MB bitset; more bands use binary search over the codes. Float32
+inputs of such a set get their digits in float32, from a copy of the chunk's domain bands (``raw``: 8 rows of
+``CHUNK``, absent bands 0)."""
 TANH_CLAMP = 7.9
 """The rational tanh is fitted on [0, 7.9] and held at its value there beyond (1 − tanh(7.9) = 2.8e-7)."""
+TANH_P = (-3.1255116482498124e-05, 0.036399032920598984, 13.710640907287598, 646.8984985351562, 5090.1875)
+"""Numerator of the kernel's tanh x·P(x²)/Q(x²), highest power first (float32 numbers; the degree 9/6 fit of
+``benchmarks/tanh_bound.py --fit`` scaled so that Q is monic)."""
+TANH_Q = (116.23982238769531, 2343.61328125, 5090.19189453125)
+"""Q(u) = u³ + TANH_Q[0]·u² + TANH_Q[1]·u + TANH_Q[2]: monic, so its evaluation starts with an add."""
 TANH_MAX_ERROR = 6e-7
 """Bound on |kernel tanh − tanh| over every float32 input, evaluation in float32 included (checked on every
 float32 in [0, 8] by ``benchmarks/tanh_bound.py``, on a dense sample by the tests); the function is odd."""
+ACTIVATION_MAX_ERROR = TANH_MAX_ERROR + 6 * 2.0**-24
+"""Bound on |kernel activation − v·tanh| per unit of |v| (the output weight): the tanh's own error, plus the
+float32 rounding of v folded into P (one rounding per coefficient) and of a pair's shared division (two
+products, a sum and the division: four roundings relative to |ta| + |tb|). Checked on every shipped neuron by
+the tests (measured 6.3e-7)."""
 
 # Only flags that do not reorder arithmetic: contraction to FMA and no signed zeros. 'reassoc' would undo the
 # float64 centring, 'nnan' NaN propagation, 'arcp' costs accuracy in tanh's division.
@@ -78,23 +95,46 @@ _FASTMATH_ACT = {"contract", "nsz", "nnan", "ninf"}
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _tanh(x: float) -> float:
-    # x·P(x²)/Q(x²) with P of degree 4 and Q of degree 3 (Q(0) = 1): a near-minimax fit of tanh on [0, 7.9]
-    # (Lawson-weighted least squares, benchmarks/tanh_bound.py). 11 multiply-adds and one division, all of
-    # which vectorise; libm's tanh does not.
-    # The clamp is a plain min/max: non-finite inputs are made NaN by the caller.
+def _tanh_parts(x, p4, p3, p2, p1, p0):  # type: ignore[no-untyped-def]
+    """Numerator and denominator of v·tanh(x) for a numerator ``p = v·TANH_P`` (the output weight v folded
+    into P): 8 multiply-adds and one add, all vectorised (libm's tanh does not vectorise).
+    x·P(x²)/Q(x²) is a near-minimax fit of tanh on [0, 7.9] (Lawson-weighted least squares,
+    benchmarks/tanh_bound.py). The clamp is a plain min/max: non-finite inputs are made NaN by the caller."""
     x = min(max(x, np.float32(-TANH_CLAMP)), np.float32(TANH_CLAMP))
     u = x * x
-    p = np.float32(-6.140262465148538e-09)
-    p = p * u + np.float32(7.150817210378399e-06)
-    p = p * u + np.float32(0.0026935410908854734)
-    p = p * u + np.float32(0.12708724409930028)
-    p = p * u + np.float32(0.9999991574731248)
-    q = np.float32(0.00019645624464883333)
-    q = q * u + np.float32(0.02283603824439735)
-    q = q * u + np.float32(0.4604174845116973)
-    q = q * u + np.float32(1.0)
-    return (p * x) / q
+    p = p4 * u + p3
+    p = p * u + p2
+    p = p * u + p1
+    p = p * u + p0
+    q = u + np.float32(TANH_Q[0])
+    q = q * u + np.float32(TANH_Q[1])
+    q = q * u + np.float32(TANH_Q[2])
+    return p * x, q
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _tanh_times(x, p4, p3, p2, p1, p0):  # type: ignore[no-untyped-def]
+    """v·tanh(x) for ``p = v·TANH_P``."""
+    n, q = _tanh_parts(x, p4, p3, p2, p1, p0)
+    return n / q
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _tanh(x: float) -> float:
+    return _tanh_times(x, np.float32(TANH_P[0]), np.float32(TANH_P[1]), np.float32(TANH_P[2]),
+                       np.float32(TANH_P[3]), np.float32(TANH_P[4]))
+
+
+@njit(cache=True, fastmath=_FASTMATH_ACT, error_model="numpy")
+def activations32(xa: np.ndarray, xb: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's activations on float32 arrays of finite numbers (exposed to test their accuracy): one
+    neuron, va·tanh(xa) from ``pa = va·TANH_P``, and a pair, va·tanh(xa) + vb·tanh(xb)."""
+    one = np.empty_like(xa)
+    two = np.empty_like(xa)
+    for i in range(xa.shape[0]):
+        one[i] = _tanh_times(xa[i], pa[0], pa[1], pa[2], pa[3], pa[4])
+        two[i] = _pair_times(xa[i], xb[i], (pa[0], pa[1], pa[2], pa[3], pa[4]), (pb[0], pb[1], pb[2], pb[3], pb[4]))
+    return one, two
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -121,8 +161,9 @@ def _centred_impl(v, c32, c64):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _preact8(buf, w, b):
-    """``buf[HID] = b + w · d`` over every pixel of a chunk, 8 input rows in 2 FMA chains."""
+def _preact8(buf, w, b, row):
+    """``buf[row] = b + w · d`` over every pixel of a chunk, 8 input rows in 2 FMA chains (``row`` is a
+    constant once inlined)."""
     w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
     w4, w5, w6, w7 = w[4], w[5], w[6], w[7]
     for p in range(CHUNK):
@@ -130,12 +171,26 @@ def _preact8(buf, w, b):
               + w4 * buf[4 * CHUNK + p] + w6 * buf[6 * CHUNK + p])
         a1 = (w1 * buf[1 * CHUNK + p] + w3 * buf[3 * CHUNK + p]
               + w5 * buf[5 * CHUNK + p] + w7 * buf[7 * CHUNK + p])
-        buf[ROW_HID * CHUNK + p] = a0 + a1
+        buf[row * CHUNK + p] = a0 + a1
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _preact12(buf, w, b):
-    """``buf[HID] = b + w · d`` over every pixel of a chunk, 12 input rows in 3 FMA chains."""
+def _preact11(buf, w, b, row):
+    """``buf[row] = b + w · d`` over every pixel of a chunk, 11 input rows in 3 FMA chains (the 20 m sets)."""
+    w0, w1, w2, w3, w4, w5 = w[0], w[1], w[2], w[3], w[4], w[5]
+    w6, w7, w8, w9, w10 = w[6], w[7], w[8], w[9], w[10]
+    for p in range(CHUNK):
+        a0 = (b + w0 * buf[p] + w3 * buf[3 * CHUNK + p]
+              + w6 * buf[6 * CHUNK + p] + w9 * buf[9 * CHUNK + p])
+        a1 = (w1 * buf[1 * CHUNK + p] + w4 * buf[4 * CHUNK + p]
+              + w7 * buf[7 * CHUNK + p] + w10 * buf[10 * CHUNK + p])
+        a2 = w2 * buf[2 * CHUNK + p] + w5 * buf[5 * CHUNK + p] + w8 * buf[8 * CHUNK + p]
+        buf[row * CHUNK + p] = a0 + a1 + a2
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _preact12(buf, w, b, row):
+    """``buf[row] = b + w · d`` over every pixel of a chunk, 12 input rows in 3 FMA chains."""
     w0, w1, w2, w3, w4, w5 = w[0], w[1], w[2], w[3], w[4], w[5]
     w6, w7, w8, w9, w10, w11 = w[6], w[7], w[8], w[9], w[10], w[11]
     for p in range(CHUNK):
@@ -145,19 +200,49 @@ def _preact12(buf, w, b):
               + w7 * buf[7 * CHUNK + p] + w10 * buf[10 * CHUNK + p])
         a2 = (w2 * buf[2 * CHUNK + p] + w5 * buf[5 * CHUNK + p]
               + w8 * buf[8 * CHUNK + p] + w11 * buf[11 * CHUNK + p])
-        buf[ROW_HID * CHUNK + p] = a0 + a1 + a2
+        buf[row * CHUNK + p] = a0 + a1 + a2
 
 
 @njit(fastmath=_FASTMATH_ACT, error_model="numpy", cache=True)
-def _activate(buf, v2):
-    """``buf[ACC] += v2 · tanh(buf[HID])`` over every pixel of a chunk (its own function: its fastmath flags
-    differ from the caller's)."""
+def _activate(buf, pc):
+    """``buf[ACC] += v2 · tanh(buf[HID])`` over every pixel of a chunk, ``pc = v2·TANH_P`` (its own function:
+    its fastmath flags differ from the caller's)."""
+    p4, p3, p2, p1, p0 = pc[0], pc[1], pc[2], pc[3], pc[4]
     for p in range(CHUNK):
-        buf[ROW_ACC * CHUNK + p] += v2 * _tanh(buf[ROW_HID * CHUNK + p])
+        buf[ROW_ACC * CHUNK + p] += _tanh_times(buf[ROW_HID * CHUNK + p], p4, p3, p2, p1, p0)
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _heads(buf, k, wide, w1, b1, w2, b2, y):
+def _pair_times(xa, xb, pa, pb):  # type: ignore[no-untyped-def]
+    """va·tanh(xa) + vb·tanh(xb) with one division: na/qa + nb/qb = (na·qb + nb·qa)/(qa·qb) (qa, qb are in
+    [5090, 8.5e5], so nothing overflows). The divider is the slowest unit of the activation; this costs three
+    multiply-adds instead of a division and an add."""
+    na, qa = _tanh_parts(xa, pa[0], pa[1], pa[2], pa[3], pa[4])
+    nb, qb = _tanh_parts(xb, pb[0], pb[1], pb[2], pb[3], pb[4])
+    return (na * qb + nb * qa) / (qa * qb)
+
+
+@njit(fastmath=_FASTMATH_ACT, error_model="numpy", cache=True)
+def _activate2(buf, pa, pb):
+    """``buf[ACC] += va·tanh(buf[HID]) + vb·tanh(buf[HID2])`` over every pixel of a chunk (a pair of neurons)."""
+    a = (pa[0], pa[1], pa[2], pa[3], pa[4])  # hoisted: a tuple of scalars, not a load per pixel
+    b = (pb[0], pb[1], pb[2], pb[3], pb[4])
+    for p in range(CHUNK):
+        buf[ROW_ACC * CHUNK + p] += _pair_times(buf[ROW_HID * CHUNK + p], buf[ROW_HID2 * CHUNK + p], a, b)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _preact(buf, width, w, b, row):
+    if width == 8:
+        _preact8(buf, w, b, row)
+    elif width == 11:
+        _preact11(buf, w, b, row)
+    else:
+        _preact12(buf, w, b, row)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _heads(buf, k, w1, b1, tp, b2, y):
     """y[h, :] = network k of every head on the centred inputs in ``buf`` (float32).
 
     Per hidden neuron, two short loops: the pre-activation (FMA-bound) and the activation (tanh, then the
@@ -167,16 +252,20 @@ def _heads(buf, k, wide, w1, b1, w2, b2, y):
     ``CHUNK``), so LLVM vectorises them across pixels without runtime alias checks."""
     n_heads = b1.shape[0]
     n_hid = b1.shape[2]
+    width = w1.shape[3]
     for h in range(n_heads):
         bias = b2[h, k]
         for p in range(CHUNK):
             buf[ROW_ACC * CHUNK + p] = bias
-        for j in range(n_hid):
-            if wide:
-                _preact12(buf, w1[h, k, j], b1[h, k, j])
-            else:
-                _preact8(buf, w1[h, k, j], b1[h, k, j])
-            _activate(buf, w2[h, k, j])
+        j = 0
+        while j + 1 < n_hid:  # neurons in pairs (one division each), then the odd one
+            _preact(buf, width, w1[h, k, j], b1[h, k, j], ROW_HID)
+            _preact(buf, width, w1[h, k, j + 1], b1[h, k, j + 1], ROW_HID2)
+            _activate2(buf, tp[h, k, j], tp[h, k, j + 1])
+            j += 2
+        if j < n_hid:
+            _preact(buf, width, w1[h, k, j], b1[h, k, j], ROW_HID)
+            _activate(buf, tp[h, k, j])
         for p in range(CHUNK):
             y[h, p] = buf[ROW_ACC * CHUNK + p] + buf[ROW_NAN * CHUNK + p]  # NaN where an input is not finite
 
@@ -206,12 +295,13 @@ def _in_codes(codef, codes):
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _load_input(xi, s, m, c32, c64, buf, row):
-    """Centre one input into ``buf`` row ``row`` and fold its finiteness into the NaN row (d·0 is 0 or NaN)."""
+    """Centre one input into ``buf`` row ``row`` and fold its finiteness into the NaN row (d − d is 0 or NaN:
+    two adds, which leave the multiply-add units to the networks)."""
     xv = xi[s:s + m]  # a view indexed from 0: ``xi[s + p]`` with a signed s would be gathered lane by lane
     for p in range(m):
         d = _centred(xv[p], c32, c64)
         buf[row * CHUNK + p] = d
-        buf[ROW_NAN * CHUNK + p] += d * np.float32(0.0)
+        buf[ROW_NAN * CHUNK + p] += d - d
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -229,25 +319,38 @@ def _add_digits(xb, s, m, mult, codef):
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _add_digits32(xb, s, m, mult, code, okf):
-    """Float32 form of :func:`_add_digits` (8 lanes instead of 4): adds the digit times ``mult`` to ``code`` and
-    clears ``okf`` where the float32 digit cannot be trusted (``|10·ρ − 1e-5|`` ≥ 15, within ``DIGIT_GUARD`` of an
-    integer, or not finite); such chunks are redone in float64. tests/test_sl2p_domain.py checks the guard on
-    every float32 near each digit boundary, with and without a fused multiply-add."""
-    xv = xb[s:s + m]
+def _digit32(v):  # type: ignore[no-untyped-def]
+    """Float32 form of one digit of :func:`_add_digits`, and whether it can be trusted: not where
+    ``|10·ρ − 1e-5|`` ≥ ``DIGIT_RANGE``, within ``DIGIT_GUARD`` of an integer, or not finite (such chunks are
+    redone in float64). tests/test_sl2p_domain.py checks the guard on every float32 near each digit boundary,
+    with and without a fused multiply-add."""
+    sv = v * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
+    c = np.ceil(sv)
+    f = c - sv  # in [0, 1): 0 or 1 − tiny next to an integer
+    ok = ((np.abs(sv) < np.float32(DIGIT_RANGE)) & (f >= np.float32(DIGIT_GUARD))  # False for NaN
+          & (f <= np.float32(1.0 - DIGIT_GUARD)))
+    c = c if c > np.float32(0.0) else np.float32(0.0)
+    return (c - np.float32(10.0) if c >= np.float32(10.0) else c), ok
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _digits8(raw, m, lo, hi, okf):
+    """The low and high halves (digits 0–3 and 4–7) of the domain code of each pixel, from the 8 rows of
+    ``raw``, in one loop: 8 float32 lanes, every intermediate in registers. ``okf`` is 0 where a digit cannot
+    be trusted."""
+    ten = np.float32(10.0)
     for p in range(m):
-        sv = xv[p] * np.float32(10.0) - np.float32(BOUNDARY_TOLERANCE)
-        ok = np.abs(sv) < np.float32(DIGIT_RANGE)  # False for NaN
-        # round to an integer by adding and removing 1.5·2**23 (exact for |sv| < 2**22; no int conversion, so
-        # no out-of-range poison for NaN or huge values, which ``ok`` rejects anyway), then up to the ceiling
-        r = (sv + np.float32(_ROUND_MAGIC)) - np.float32(_ROUND_MAGIC)
-        c = r + np.float32(1.0) if r < sv else r
-        f = c - sv  # in [0, 1): 0 or 1 − tiny next to an integer
-        ok = ok & (f >= np.float32(DIGIT_GUARD)) & (f <= np.float32(1.0 - DIGIT_GUARD))
-        c = c if c > np.float32(0.0) else np.float32(0.0)
-        dig = c - np.float32(10.0) if c >= np.float32(10.0) else c
-        code[p] += dig * mult
-        okf[p] = okf[p] if ok else np.float32(0.0)
+        d0, k0 = _digit32(raw[p])
+        d1, k1 = _digit32(raw[CHUNK + p])
+        d2, k2 = _digit32(raw[2 * CHUNK + p])
+        d3, k3 = _digit32(raw[3 * CHUNK + p])
+        d4, k4 = _digit32(raw[4 * CHUNK + p])
+        d5, k5 = _digit32(raw[5 * CHUNK + p])
+        d6, k6 = _digit32(raw[6 * CHUNK + p])
+        d7, k7 = _digit32(raw[7 * CHUNK + p])
+        lo[p] = ((d3 * ten + d2) * ten + d1) * ten + d0  # exact: integers below 10**4
+        hi[p] = ((d7 * ten + d6) * ten + d5) * ten + d4
+        okf[p] = np.float32(1.0) if k0 & k1 & k2 & k3 & k4 & k5 & k6 & k7 else np.float32(0.0)
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -260,33 +363,28 @@ def _codes64(xs, s, m, dom_mult, codef):
             _add_digits(xs[i], s, m, mult, codef)
 
 
-def _domain_codes(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # pragma: no cover - only its overload runs
+def _domain_codes(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf):  # pragma: no cover - overloaded
     raise NotImplementedError
 
 
 @overload(_domain_codes, inline="always")
-def _domain_codes_impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # type: ignore[no-untyped-def]
+def _domain_codes_impl(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf):  # type: ignore[no-untyped-def]
     """Domain code of each pixel of a chunk into ``codef`` (float64). Float32 inputs of a set with at most
-    8 domain bands: float32 digits summed in two exact halves (4 digits each), unless a pixel of the chunk is
-    not safe for them; otherwise, and for float64 inputs, float64 digits."""
+    8 domain bands: float32 digits of the ``raw`` copy summed in two exact halves (4 digits each), unless a
+    pixel of the chunk is not safe for them; otherwise, and for float64 inputs, float64 digits."""
     if not (isinstance(xs.dtype.dtype, types.Float) and xs.dtype.dtype.bitwidth == 32):
-        return lambda xs, s, m, dom_mult, fast, codef, lo, hi, okf: _codes64(xs, s, m, dom_mult, codef)
+        return lambda xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf: _codes64(xs, s, m, dom_mult, codef)
 
-    def impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):
+    def impl(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf):
         if not fast:
             _codes64(xs, s, m, dom_mult, codef)
             return
-        for p in range(m):
-            lo[p] = 0.0
-            hi[p] = 0.0
-            okf[p] = 1.0
-        for i in range(dom_mult.shape[0]):
-            mult = dom_mult[i]
-            if mult > 0.0:
-                if mult < 1e4:
-                    _add_digits32(xs[i], s, m, np.float32(mult), lo, okf)
-                else:
-                    _add_digits32(xs[i], s, m, np.float32(mult / 1e4), hi, okf)
+        for pos in range(dom_in.shape[0]):  # the domain bands in digit order, into the rows of ``raw``
+            xv = xs[dom_in[pos]][s:s + m]
+            rv = raw[pos * CHUNK:(pos + 1) * CHUNK]
+            for p in range(m):
+                rv[p] = xv[p]
+        _digits8(raw, m, lo, hi, okf)
         n_bad = 0
         for p in range(m):
             n_bad += okf[p] < np.float32(1.0)
@@ -300,12 +398,11 @@ def _domain_codes_impl(xs, s, m, dom_mult, fast, codef, lo, hi, okf):  # type: i
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bitset, codes,
+def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_mult, dom_in, bitset, codes,
          vals, dn, dn_scale, dn_max, dn_nodata, oor, range_lo, range_hi, ood, n_threads):
     npix = xs[0].shape[0]
     n_heads = b1.shape[0]
     n_nets = b1.shape[1]
-    wide = n_in > 8
     want_vals = vals.shape[0] > 0
     want_dn = dn.shape[0] > 0
     n_oor = oor.shape[0]
@@ -317,6 +414,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
     for blk in prange(n_blocks):
         buf = np.zeros(BUF_ROWS * CHUNK, np.float32)  # rows past n_in stay 0 (their weights are 0 too)
         bufg = np.zeros(BUF_ROWS * CHUNK, np.float32)
+        raw = np.zeros(BITSET_MAX_BANDS * CHUNK, np.float32)  # rows of absent bands stay 0: digit 0, trusted
         y = np.empty((n_heads, CHUNK), np.float32)
         yg = np.empty((n_heads, CHUNK), np.float32)
         codef = np.empty(CHUNK, np.float64)
@@ -334,14 +432,14 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
                 _load_input(xs[i], s, m, centre32[i], centre64[i], buf, i)
             # networks: one pass when the chunk uses one network, else gather/compute/scatter per network
             if not per_pixel_net:
-                _heads(buf, 0, wide, w1, b1, w2, b2, y)
+                _heads(buf, 0, w1, b1, tp, b2, y)
             else:
                 counts[:] = 0
                 for p in range(m):
                     counts[net_index[s + p]] += 1
                 for k in range(n_nets):
                     if counts[k] == m:
-                        _heads(buf, k, wide, w1, b1, w2, b2, y)
+                        _heads(buf, k, w1, b1, tp, b2, y)
                     elif counts[k] > 0:
                         g = 0
                         for p in range(m):
@@ -353,7 +451,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
                                 bufg[r * CHUNK + q] = buf[r * CHUNK + idx[q]]
                         for q in range(g):
                             bufg[ROW_NAN * CHUNK + q] = buf[ROW_NAN * CHUNK + idx[q]]
-                        _heads(bufg, k, wide, w1, b1, w2, b2, yg)
+                        _heads(bufg, k, w1, b1, tp, b2, yg)
                         for h in range(n_heads):
                             for q in range(g):
                                 y[h, idx[q]] = yg[h, q]
@@ -380,7 +478,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, w2, b2, dom_mult, bits
                     v = y[h, p]
                     outb[p] = (v < lo) | (v > hi)
             if want_dom:
-                _domain_codes(xs, s, m, dom_mult, fast_digits, codef, dlo, dhi, dok)
+                _domain_codes(xs, s, m, dom_mult, fast_digits, dom_in, raw, codef, dlo, dhi, dok)
                 if fast_digits:
                     _lookup_bitset(codef, m, bitset, ood, s)
                 else:
@@ -401,6 +499,9 @@ class PackedHeads:
     """(heads, nets, neurons, width)."""
     b1: np.ndarray
     w2: np.ndarray
+    """(heads, nets, neurons): the output weights (for the error bound; the kernel uses ``tanh_p``)."""
+    tanh_p: np.ndarray
+    """(heads, nets, neurons, 5): each neuron's tanh numerator times its output weight (``w2·TANH_P``)."""
     b2: np.ndarray
 
 
@@ -434,7 +535,7 @@ def _pack_cached(nets: NetworkSet, variables: tuple[str, ...], uncertainty: bool
     if n_in > MAX_INPUTS:
         raise NetworkFileError(f"the fast kernel takes at most {MAX_INPUTS} inputs, set {nets.set_id!r} has "
                                f"{n_in}: use precision='float64'")
-    width = 8 if n_in <= 8 else 12  # the unrolled layer widths (rows past n_in have weight 0)
+    width = 8 if n_in <= 8 else 11 if n_in == 11 else 12  # the unrolled widths (rows past n_in: weight 0)
     w1 = np.zeros((len(heads), n_nets, n_hid, width))
     b1 = np.zeros((len(heads), n_nets, n_hid))
     w2 = np.zeros((len(heads), n_nets, n_hid))
@@ -444,7 +545,9 @@ def _pack_cached(nets: NetworkSet, variables: tuple[str, ...], uncertainty: bool
             w1[h, k, :, :n_in], b1[h, k], w2[h, k], b2[h, k] = _fold(lst[min(k, len(lst) - 1)], centre,  # type: ignore
                                                                       n_hid)
     f32 = np.float32
-    return PackedHeads(tuple(heads), centre.astype(f32), centre, w1.astype(f32), b1.astype(f32), w2.astype(f32),
+    w2 = w2.astype(f32)
+    tanh_p = (w2.astype(np.float64)[..., None] * np.array(TANH_P)).astype(f32)
+    return PackedHeads(tuple(heads), centre.astype(f32), centre, w1.astype(f32), b1.astype(f32), w2, tanh_p,
                        b2.astype(f32))
 
 
@@ -505,14 +608,15 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     for pos, band in enumerate(dom.bands if dom else ()):
         dom_mult[nets.inputs.index(band)] = 10.0**pos
     bitset = domain_bitset(dom) if dom else np.zeros(0, np.uint64)
+    dom_in = np.array([nets.inputs.index(b) for b in dom.bands] if dom else [], np.int64)  # input of each digit
     codes = dom.codes if dom else np.zeros(0, np.int64)
     nidx = np.zeros(0, np.int8) if network_index is None else np.ascontiguousarray(network_index, np.int8).reshape(-1)
     nodata = product("LAI").nodata
     # blocks are handed out one at a time (dynamic scheduling): a thread slowed by other work on a shared
     # machine does not hold the others up
     with numba.parallel_chunksize(1):
-        _run(xs, len(flat), nidx, packed.centre, packed.centre64, packed.w1, packed.b1, packed.w2, packed.b2,
-             dom_mult, bitset, codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
+        _run(xs, len(flat), nidx, packed.centre, packed.centre64, packed.w1, packed.b1, packed.tanh_p, packed.b2,
+             dom_mult, dom_in, bitset, codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
              oor, lo, hi, ood, numba.get_num_threads())  # read here: using it in the kernel defeats caching
     return KernelResult(packed.heads, vals if values else None, dns if dn else None,
                         oor if len(lo) else None, ood if dom is not None else None)
@@ -531,7 +635,7 @@ class ErrorBound:
     """A-priori bound on |float32 kernel − exact network| for one head, over a box of inputs."""
 
     tanh: float
-    """From the tanh approximation: Σ|w2|·TANH_MAX_ERROR (tanh is 1-Lipschitz and enters the output linearly)."""
+    """From the activation: Σ|w2|·ACTIVATION_MAX_ERROR (tanh is 1-Lipschitz and enters the output linearly)."""
     rounding: float
     """From float32 rounding (worst case: every rounding error of every layer in the same direction)."""
 
@@ -547,7 +651,7 @@ def error_bound(nets: NetworkSet, variable: str, uncertainty: bool = False,
 
     Per hidden neuron j the pre-activation a_j = b1_j + Σ_i w1_ji·d_i (d = input − centre) is accumulated in
     float32 from rounded weights and centred inputs: |Δa_j| ≤ γ(n+3)·(|b1_j| + Σ_i |w1_ji|·max|d_i|). The
-    output y = b2 + Σ_j w2_j·t_j with t_j = tanh~(a_j + Δa_j): |Δy| ≤ Σ_j |w2_j|·(|Δa_j| + TANH_MAX_ERROR) +
+    output y = b2 + Σ_j w2_j·t_j with t_j = tanh~(a_j + Δa_j): |Δy| ≤ Σ_j |w2_j|·(|Δa_j| + ACTIVATION_MAX_ERROR) +
     γ(n_hid+2)·(|b2| + Σ_j |w2_j|) (|t_j| ≤ 1). Everything is in output units (scaling folded).
     """
     box = box or {}
@@ -564,7 +668,7 @@ def error_bound(nets: NetworkSet, variable: str, uncertainty: bool = False,
         b1 = np.abs(packed.b1[h, k].astype(np.float64))
         w2 = np.abs(packed.w2[h, k].astype(np.float64))
         da = _gamma(n_in + 3) * (b1 + w1 @ dmax)
-        worst_t = max(worst_t, float(w2.sum()) * TANH_MAX_ERROR)
+        worst_t = max(worst_t, float(w2.sum()) * ACTIVATION_MAX_ERROR)
         worst_r = max(worst_r, float((w2 * da).sum()) + _gamma(w1.shape[0] + 2) * (abs(float(packed.b2[h, k]))
                                                                                     + float(w2.sum())))
     return ErrorBound(worst_t, worst_r)
