@@ -143,7 +143,9 @@ def _asset_key(item: pystac.Item, keys: Iterable[str], common_name: str | None =
     if common_name:  # catalogues with other key conventions still label bands with eo:bands common names
         for k, a in item.assets.items():
             eo = a.extra_fields.get("eo:bands") or []
-            if len(eo) == 1 and eo[0].get("common_name") == common_name:
+            # GeoTIFFs only: Earth Search's ``*-jp2`` twins carry the same eo:bands, but are ESA's JPEG 2000 files
+            # in a requester-pays bucket, whose DN keep the BOA offset the COGs had removed
+            if len(eo) == 1 and eo[0].get("common_name") == common_name and "tiff" in (a.media_type or "tiff"):
                 return k
     return None
 
