@@ -257,6 +257,19 @@ def test_each_band_comes_from_the_asset_of_that_band(served, name):
             (net_input, ref.href)
 
 
+@pytest.mark.parametrize("name", [p.file for p in ITEMS if p.sensor == "S2_SR"])
+def test_the_10m_set_reads_blue_and_broad_nir(served, name):
+    """The S2 10 m sets' B2 and B8: Earth Search ``blue``/``nir``, Planetary Computer ``B02``/``B08``; then the
+    compositing score's red and nir08 (B8A)."""
+    from leaf_engine.sl2p.networks import load_network_set
+
+    scene = scene_from_item(served["items"][name], SENSORS["S2_SR"], load_network_set("leaf_sl2p_s2_10m").inputs)
+    files = {n: _file_name(r.href).split(".")[0] for n, r in scene.bands.items()}
+    assert list(files) == ["B2", "B3", "B4", "B8", "B8A"]
+    for n, band in (("B2", "B02"), ("B3", "B03"), ("B4", "B04"), ("B8", "B08"), ("B8A", "B8A")):
+        assert files[n].endswith(band) or f"_{band}_" in files[n], (n, files[n])
+
+
 @pytest.mark.parametrize("name", [p.file for p in ITEMS])
 def test_reflectance_is_dn_times_the_items_scale_plus_its_offset(served, name):
     spec, doc, scene = BY_ID[name], published(name), _scene(served, name)
