@@ -37,7 +37,7 @@ from leaf_engine.backends.local.masks import quality_clear
 from leaf_engine.backends.local.reading import read_scaled, read_warped
 from leaf_engine.backends.local.scenes import Scene, SceneError, scene_from_item
 from leaf_engine.sensors import SENSORS, sensor_for_platform
-from tests.support.stac_api_server import serve_files, serve_stac_api
+from tests.support.stac_api_server import flaky_proxy, serve_files, serve_stac_api
 
 DATA = Path(__file__).parent / "data" / "published-items"
 GRANULE_XML = "MTD_TL_S2A_T07HFE_20190212.xml"
@@ -360,6 +360,17 @@ def test_items_lacking_what_the_engine_needs_raise_errors_naming_it(served):
     with pytest.raises(SceneError, match=r"'S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458' lacks assets "
                                          r"for B8A"):
         scene_from_item(pc, s2)
+
+
+def test_the_granule_metadata_read_is_retried(served, monkeypatch):
+    """503 and 429 twice before the file: the view angles still come from it."""
+    monkeypatch.setattr(stac_api, "RETRY_BACKOFF", 0.01)
+    item = served["items"]["S2A_MSIL2A_20190101T000001_R116_T60VUK_20201007T214652"].clone()
+    with flaky_proxy(served["url"], failures=2) as (url, log):
+        item.assets["granule-metadata"].href = f"{url}/{GRANULE_XML}?retried"  # not in the reader's cache
+        scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert (scene.view_zenith, scene.view_azimuth) == (GRANULE_VZA, GRANULE_VAA)
+    assert log.errors == {503: 1, 429: 1}
 
 
 @pytest.mark.slow
