@@ -402,6 +402,9 @@ S2_BOA_REMOVED_PROPERTIES: tuple[str, ...] = ("earthsearch:boa_offset_applied", 
 """Earth Search ``sentinel-2-l2a`` (Collection 0): ``true`` when Element 84 already subtracted the BOA offset from
 the COG's DN. Its ``raster:bands`` still state ``offset: -0.1`` then; the maintainers call the flag the truth
 (github.com/Element84/earth-search issue 9; cirrus-geo/cirrus-earth-search issues 21, 25: COG = JP2 − 1000)."""
+S2_BOA_REMOVED_COLLECTIONS: tuple[str, ...] = ("sentinel-2-l2a",)
+"""The collections whose items' flag above is read (or items that name no collection). Earth Search's Collection 1
+(``sentinel-2-c1-l2a``, ESA's reprocessing from baseline 05.00) keeps ESA's DN: its stated offsets apply."""
 
 MERGED: dict[str, tuple[str, ...]] = {"LS_SR": ("L8_SR", "L9_SR")}
 """Request sensors that merge several collections; each observation keeps its own sensor code and networks."""

@@ -285,9 +285,15 @@ def test_reflectance_is_dn_times_the_items_scale_plus_its_offset(served, name):
 
 
 def test_earth_search_offset_applies_where_the_catalogue_has_not_removed_it(served):
-    """The same Earth Search item saying ``boa_offset_applied: false``: its DN carry the offset, −0.1 applies."""
+    """The same Earth Search item saying ``boa_offset_applied: false``: its DN carry the offset, −0.1 applies (a
+    copy: no published item of that kind was found, see the data README)."""
     item = served["items"]["S2A_13TDE_20231008_0_L2A"].clone()
     item.properties["earthsearch:boa_offset_applied"] = False
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert {(r.scale, r.offset) for r in scene.bands.values()} == {(1e-4, -0.1)}
+    # Collection 1 keeps ESA's DN: the flag is Collection 0's, the stated offset applies
+    item.properties["earthsearch:boa_offset_applied"] = True
+    item.collection_id = "sentinel-2-c1-l2a"
     scene = scene_from_item(item, SENSORS["S2_SR"])
     assert {(r.scale, r.offset) for r in scene.bands.values()} == {(1e-4, -0.1)}
 

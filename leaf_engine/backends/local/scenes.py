@@ -28,6 +28,7 @@ from ...sensors import (
     S2_BASELINE_ID_PROPERTIES,
     S2_BASELINE_PROPERTIES,
     S2_BOA_OFFSET_DN,
+    S2_BOA_REMOVED_COLLECTIONS,
     S2_BOA_REMOVED_PROPERTIES,
     S2_GRANULE_METADATA_ASSETS,
     S2_GRANULE_VIEW_BAND_ID,
@@ -180,7 +181,10 @@ def s2_baseline(item: pystac.Item) -> tuple[float | None, str]:
 
 
 def boa_offset_removed(item: pystac.Item) -> bool:
-    """The catalogue says it already subtracted the BOA offset from the DN (:data:`S2_BOA_REMOVED_PROPERTIES`)."""
+    """The catalogue says it already subtracted the BOA offset from the DN (:data:`S2_BOA_REMOVED_PROPERTIES`, in
+    :data:`S2_BOA_REMOVED_COLLECTIONS`)."""
+    if item.collection_id is not None and item.collection_id not in S2_BOA_REMOVED_COLLECTIONS:
+        return False
     return any(item.properties.get(k) is True for k in S2_BOA_REMOVED_PROPERTIES)
 
 
