@@ -379,6 +379,35 @@ def test_the_granule_metadata_read_is_retried(served, monkeypatch):
     assert log.errors == {503: 1, 429: 1}
 
 
+@pytest.mark.parametrize("name,code", [("S2A_13TDE_20231008_0_L2A", 21), ("LC08_L2SP_033032_20231008_02_T1", 8)])
+def test_produce_through_the_api_on_published_items(served, tmp_path, name, code):
+    """A request over the published item's footprint, searched in its catalogue's API: the outputs carry the
+    item, its sensor code and its quality rule, and the pixels its quality layer rejects are flagged invalid."""
+    from leaf_engine import products
+    from leaf_engine.backends.local.engine import produce
+    from leaf_engine.request import parse_request
+
+    spec, doc = BY_ID[name], published(name)
+    when = _day(doc)
+    inner = _region(doc).buffer(-1e-4)  # off the COG's edge pixels
+    req = parse_request({
+        "sensor": spec.sensor, "year": when.year, "months": [when.month],
+        "regions": {"site": shapely.geometry.mapping(inner)}, "prod_names": ["LAI"], "projection": _epsg(doc),
+        "resolution": 20 if spec.sensor == "S2_SR" else 30, "out_location": "local", "out_folder": "published"})
+    result = produce(req, out_dir=tmp_path, scenes=served["apis"][spec.catalogue], progress=False,
+                     quicklooks=False, block_size=64)
+    (job,) = result.jobs
+    assert job.scenes == [name] and job.pixels_with_obs > 0
+    (qc_file,) = tmp_path.rglob("*_QC_*.tif")
+    with rasterio.open(qc_file) as src:
+        qc, tags = src.read(1), src.tags()
+    assert tags["scenes_used"] == "1" and SENSORS[spec.sensor].quality[0].band in tags["mask_rule"]
+    inside = qc != products.product("QC").nodata
+    fields = products.qc_fields(qc[inside])
+    assert (fields["sensor_code"] == code).all()
+    assert 0 < fields["invalid"].mean() < 1  # the quality layer's rejected classes / flags, not the rest
+
+
 @pytest.mark.slow
 def test_the_same_scenes_through_pgstac(served, tmp_path):
     """Planetary Computer runs stac-fastapi-pgstac: the items loaded into pgstac give the same scenes."""
