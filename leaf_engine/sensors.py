@@ -373,8 +373,8 @@ VIEW_AZIMUTH_PROPERTIES: tuple[str, ...] = ("s2:mean_incidence_azimuth_angle_b8a
 STAC_VIEW_AZIMUTH = "view:azimuth"
 """STAC view extension: "the angle measured from the sub-satellite point between the scene center and true north"
 — the direction from the sensor to the scene, so the ground-to-sensor azimuth is this + 180°. Except for
-Sentinel-2: its catalogues' items (stactools-sentinel2: Planetary Computer, Earth Search ``sentinel-2-c1-l2a``) copy
-the granule metadata's mean viewing incidence azimuth, which is already ground-to-sensor (read as published)."""
+Sentinel-2: stactools-sentinel2 (the package behind Planetary Computer's items; its current releases write it)
+copies the granule metadata's mean viewing incidence azimuth, already ground-to-sensor: read as published."""
 S2_GRANULE_METADATA_ASSETS: tuple[str, ...] = ("granule_metadata", "granule-metadata")
 """Asset keys of the S2 tile metadata (``MTD_TL.xml``: Earth Search, Planetary Computer), whose B8A mean viewing
 incidence angles give the view geometry where the item's properties do not (neither catalogue has them there)."""
