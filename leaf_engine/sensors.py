@@ -372,7 +372,15 @@ VIEW_ZENITH_PROPERTIES: tuple[str, ...] = (
 VIEW_AZIMUTH_PROPERTIES: tuple[str, ...] = ("s2:mean_incidence_azimuth_angle_b8a", "s2:mean_view_azimuth")
 STAC_VIEW_AZIMUTH = "view:azimuth"
 """STAC view extension: "the angle measured from the sub-satellite point between the scene center and true north"
-— the direction from the sensor to the scene, so the ground-to-sensor azimuth is this + 180°."""
+— the direction from the sensor to the scene, so the ground-to-sensor azimuth is this + 180°. Except for
+Sentinel-2: stactools-sentinel2 (the package behind Planetary Computer's items; its current releases write it)
+copies the granule metadata's mean viewing incidence azimuth, already ground-to-sensor: read as published."""
+S2_GRANULE_METADATA_ASSETS: tuple[str, ...] = ("granule_metadata", "granule-metadata")
+"""Asset keys of the S2 tile metadata (``MTD_TL.xml``: Earth Search, Planetary Computer), whose B8A mean viewing
+incidence angles give the view geometry where the item's properties do not (neither catalogue has them there)."""
+S2_GRANULE_VIEW_BAND_ID = "8"
+"""``bandId`` of B8A in the granule metadata's band numbering (B1 = 0 … B8 = 7, B8A = 8): the band whose mean
+incidence angles the Earth Engine path uses (``MEAN_INCIDENCE_*_ANGLE_B8A``)."""
 
 S2_OFFSET_BASELINE = 4.0
 S2_BOA_OFFSET_DN = -1000
@@ -390,6 +398,13 @@ S2_BASELINE_PROPERTIES: tuple[str, ...] = (
 )
 S2_BASELINE_ID_PROPERTIES: tuple[str, ...] = ("s2:product_uri", "s2:datatake_id", "s2:datastrip_id", "id")
 """Where the baseline is only part of a name: product URI ``..._N0509_...`` or datatake id ``..._N05.09``."""
+S2_BOA_REMOVED_PROPERTIES: tuple[str, ...] = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
+"""Earth Search ``sentinel-2-l2a`` (Collection 0): ``true`` when Element 84 already subtracted the BOA offset from
+the COG's DN. Its ``raster:bands`` still state ``offset: -0.1`` then; the maintainers call the flag the truth
+(github.com/Element84/earth-search issue 9; cirrus-geo/cirrus-earth-search issues 21, 25: COG = JP2 − 1000)."""
+S2_BOA_REMOVED_COLLECTIONS: tuple[str, ...] = ("sentinel-2-l2a",)
+"""The collections whose items' flag above is read (or items that name no collection). Earth Search's Collection 1
+(``sentinel-2-c1-l2a``, ESA's reprocessing from baseline 05.00) keeps ESA's DN: its stated offsets apply."""
 
 MERGED: dict[str, tuple[str, ...]] = {"LS_SR": ("L8_SR", "L9_SR")}
 """Request sensors that merge several collections; each observation keeps its own sensor code and networks."""

@@ -35,8 +35,10 @@ def test_s2_mean_incidence_angles_come_first_as_on_earth_engine() -> None:
 
 
 def test_stac_view_azimuth_is_turned_to_the_ground_to_sensor_direction() -> None:
-    _, _, vza, vaa = scene_angles(_item({"view:incidence_angle": 5.0, "view:azimuth": 280.0}), S2)
+    _, _, vza, vaa = scene_angles(_item({"view:incidence_angle": 5.0, "view:azimuth": 280.0}), L8)
     assert (vza, vaa) == (5.0, 100.0)
+    # S2 catalogues (stactools-sentinel2) copy the granule's mean incidence azimuth: already ground-to-sensor
+    assert scene_angles(_item({"view:incidence_angle": 5.0, "view:azimuth": 280.0}), S2)[3] == 280.0
 
 
 def test_off_nadir_becomes_the_view_zenith_at_the_ground() -> None:

@@ -74,9 +74,9 @@ def test_angles_from_view_and_s2_properties(tmp_path):
                      properties={"view:sun_elevation": 60.0, "view:sun_azimuth": 140.0,
                                  "view:incidence_angle": 7.0, "view:azimuth": 100.0})
     s = scene_from_item(item, SENSORS["S2_SR"])
-    # view:azimuth is measured from the sub-satellite point towards the scene: the ground-to-sensor azimuth of the
-    # Earth Engine path (S2 mean incidence azimuth) is 180° further.
-    assert (s.sun_zenith, s.sun_azimuth, s.view_zenith, s.view_azimuth) == (30.0, 140.0, 7.0, 280.0)
+    # S2 items' view:azimuth is the granule's mean incidence azimuth (stactools-sentinel2): ground-to-sensor, as
+    # the Earth Engine path's S2 mean incidence azimuth, so it is read as published.
+    assert (s.sun_zenith, s.sun_azimuth, s.view_zenith, s.view_azimuth) == (30.0, 140.0, 7.0, 100.0)
     item2 = make_item(tmp_path, "b", "S2_SR", WHEN, VEGETATION)
     del item2.properties["view:sun_elevation"], item2.properties["view:sun_azimuth"]
     item2.properties.update({"s2:mean_solar_zenith": 41.5, "s2:mean_solar_azimuth": 160.0})

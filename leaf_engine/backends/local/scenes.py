@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 import pystac
@@ -26,6 +28,10 @@ from ...sensors import (
     S2_BASELINE_ID_PROPERTIES,
     S2_BASELINE_PROPERTIES,
     S2_BOA_OFFSET_DN,
+    S2_BOA_REMOVED_COLLECTIONS,
+    S2_BOA_REMOVED_PROPERTIES,
+    S2_GRANULE_METADATA_ASSETS,
+    S2_GRANULE_VIEW_BAND_ID,
     S2_OFFSET_BASELINE,
     S2_OFFSET_SINCE,
     STAC_VIEW_AZIMUTH,
@@ -138,7 +144,9 @@ def _asset_key(item: pystac.Item, keys: Iterable[str], common_name: str | None =
     if common_name:  # catalogues with other key conventions still label bands with eo:bands common names
         for k, a in item.assets.items():
             eo = a.extra_fields.get("eo:bands") or []
-            if len(eo) == 1 and eo[0].get("common_name") == common_name:
+            # GeoTIFFs only: Earth Search's ``*-jp2`` twins carry the same eo:bands, but are ESA's JPEG 2000 files
+            # in a requester-pays bucket, whose DN keep the BOA offset the COGs had removed
+            if len(eo) == 1 and eo[0].get("common_name") == common_name and "tiff" in (a.media_type or "tiff"):
                 return k
     return None
 
@@ -172,10 +180,19 @@ def s2_baseline(item: pystac.Item) -> tuple[float | None, str]:
     return None, ""
 
 
+def boa_offset_removed(item: pystac.Item) -> bool:
+    """The catalogue says it already subtracted the BOA offset from the DN (:data:`S2_BOA_REMOVED_PROPERTIES`, in
+    :data:`S2_BOA_REMOVED_COLLECTIONS`)."""
+    if item.collection_id is not None and item.collection_id not in S2_BOA_REMOVED_COLLECTIONS:
+        return False
+    return any(item.properties.get(k) is True for k in S2_BOA_REMOVED_PROPERTIES)
+
+
 def has_boa_offset(item: pystac.Item, sensor: Sensor) -> bool:
     """Whether the item's DN carry the −1000 BOA offset: its stated baseline ≥ 04.00, else (no baseline in any
-    known spelling) an acquisition on or after :data:`S2_OFFSET_SINCE`."""
-    if not sensor.boa_offset_from_baseline:
+    known spelling) an acquisition on or after :data:`S2_OFFSET_SINCE`; never where the catalogue says it removed
+    the offset from the DN (:func:`boa_offset_removed`)."""
+    if not sensor.boa_offset_from_baseline or boa_offset_removed(item):
         return False
     baseline, _ = s2_baseline(item)
     if baseline is not None:
@@ -201,9 +218,14 @@ def reflectance_ref(item: pystac.Item, key: str, sensor: Sensor) -> AssetRef:
             offset = sensor.dn_offset if math.isclose(scale, sensor.dn_scale, rel_tol=1e-9) else 0.0
     else:
         scale, offset = sensor.dn_scale, sensor.dn_offset
-    # The S2 BOA offset applies unless the item states an offset itself (Earth Search states −0.1).
+    boa = S2_BOA_OFFSET_DN * scale
+    # The S2 BOA offset applies unless the item states an offset itself (Earth Search states −0.1) ...
     if "offset" not in rb and has_boa_offset(item, sensor):
-        offset += S2_BOA_OFFSET_DN * scale
+        offset += boa
+    # ... or the DN no longer carry it: Earth Search's stated −0.1 would then remove it a second time.
+    elif "offset" in rb and sensor.boa_offset_from_baseline and boa_offset_removed(item) and \
+            math.isclose(offset, boa, rel_tol=1e-9):
+        offset = 0.0
     nodata = rb.get("nodata")
     return AssetRef(asset.get_absolute_href() or asset.href, scale, offset,
                     None if nodata is None else float(nodata))
@@ -224,15 +246,51 @@ def _angle(props: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
+def _granule_view_angles(item: pystac.Item) -> tuple[float, float] | None:
+    """B8A mean viewing incidence zenith and azimuth from the item's S2 granule metadata asset (None: no such
+    asset); :class:`SceneError` when it cannot be read or lacks them."""
+    key = _asset_key(item, S2_GRANULE_METADATA_ASSETS)
+    if key is None:
+        return None
+    href = item.assets[key].get_absolute_href() or item.assets[key].href
+    try:
+        return _read_granule_view_angles(href)
+    except Exception as e:  # network, XML and missing-element errors alike
+        raise SceneError(f"item {item.id!r}: cannot take the view angles from asset {key!r} ({href}): {e}. The "
+                         f"item has no mean incidence angles in its properties, so its granule metadata must give "
+                         f"Mean_Viewing_Incidence_Angle bandId={S2_GRANULE_VIEW_BAND_ID} (B8A); check the asset or add "
+                         "s2:mean_incidence_zenith_angle_b8a / _azimuth_angle_b8a to the item") from e
+
+
+@lru_cache(maxsize=1024)
+def _read_granule_view_angles(href: str) -> tuple[float, float]:
+    if href.startswith(("http://", "https://")):  # with the STAC API's retries (429, 5xx, connection errors)
+        from pystac_client.stac_api_io import StacApiIO
+
+        from .stac_api import _retry  # here: stac_api imports this module
+
+        text = StacApiIO(max_retries=_retry(), timeout=60).read_text(href)
+    else:
+        text = pystac.StacIO.default().read_text(href)
+    root = ET.fromstring(text)
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "Mean_Viewing_Incidence_Angle" and \
+                el.get("bandId") == S2_GRANULE_VIEW_BAND_ID:
+            values = {c.tag.rsplit("}", 1)[-1]: c.text for c in el}
+            return float(values["ZENITH_ANGLE"] or ""), float(values["AZIMUTH_ANGLE"] or "")
+    raise ValueError(f"no Mean_Viewing_Incidence_Angle with bandId={S2_GRANULE_VIEW_BAND_ID}")
+
+
 def scene_angles(item: pystac.Item, sensor: Sensor | None = None) -> tuple[float, float, float, float]:
     """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties, in the
     Earth Engine path's convention (see ``sensors.VIEW_ZENITH_PROPERTIES``).
 
     Sun: ``view:sun_elevation``/``view:sun_azimuth`` or ``s2:mean_solar_zenith``/``_azimuth`` (required).
-    View zenith: the S2 mean incidence zenith, else ``view:incidence_angle``, else ``view:off_nadir`` turned into
-    the zenith at the ground (spherical Earth, the sensor's orbit altitude); nadir (0) when absent.
-    View azimuth: the S2 mean incidence azimuth, else ``view:azimuth`` + 180° (STAC measures it from the
-    sub-satellite point towards the scene); 0 when absent.
+    View zenith: the S2 mean incidence zenith, else ``view:incidence_angle``, else (S2) the B8A mean incidence
+    zenith of the granule metadata asset, else ``view:off_nadir`` turned into the zenith at the ground (spherical
+    Earth, the sensor's orbit altitude); nadir (0) when absent.
+    View azimuth: the S2 mean incidence azimuth, else ``view:azimuth`` (+ 180° except for S2: see
+    ``sensors.STAC_VIEW_AZIMUTH``), else (S2) the granule metadata's B8A mean incidence azimuth; 0 when absent.
     """
     p = item.properties
     elev = _angle(p, "view:sun_elevation")
@@ -241,14 +299,18 @@ def scene_angles(item: pystac.Item, sensor: Sensor | None = None) -> tuple[float
     if sza is None or saa is None:
         raise SceneError(f"item {item.id!r} has no sun angles: add view:sun_elevation and view:sun_azimuth "
                          "(or s2:mean_solar_zenith/azimuth) to its properties")
+    s2_metadata = sensor is not None and sensor.angle_source == "scene_metadata"
     vza = _angle(p, *VIEW_ZENITH_PROPERTIES)
+    vaa = _angle(p, *VIEW_AZIMUTH_PROPERTIES)
+    if vaa is None and (stac_azimuth := _angle(p, STAC_VIEW_AZIMUTH)) is not None:
+        vaa = stac_azimuth if s2_metadata else (stac_azimuth + 180.0) % 360.0
+    if s2_metadata and (vza is None or vaa is None) and (granule := _granule_view_angles(item)) is not None:
+        vza = granule[0] if vza is None else vza
+        vaa = granule[1] if vaa is None else vaa
     off_nadir = _angle(p, "view:off_nadir")
     if vza is None and off_nadir is not None:
         ratio = 1.0 + (sensor.orbit_altitude_km if sensor else 0.0) / EARTH_RADIUS_KM
         vza = math.degrees(math.asin(min(1.0, ratio * math.sin(math.radians(off_nadir)))))
-    vaa = _angle(p, *VIEW_AZIMUTH_PROPERTIES)
-    if vaa is None and (stac_azimuth := _angle(p, STAC_VIEW_AZIMUTH)) is not None:
-        vaa = (stac_azimuth + 180.0) % 360.0
     return sza, saa, vza or 0.0, vaa or 0.0
 
 

@@ -1,0 +1,438 @@
+"""The local engine on STAC items exactly as Earth Search and Planetary Computer publish them.
+
+The items in ``tests/data/published-items`` were written by others (recorded API answers and catalogue test data of
+public repositories; origins in that folder's README). Each is loaded unchanged into a STAC API on loopback
+(stac-fastapi over a static catalog, and stac-fastapi-pgstac where PostgreSQL is installed), searched with
+:mod:`leaf_engine.backends.local.stac_api` and turned into scenes by :mod:`leaf_engine.backends.local.scenes`.
+Only the hrefs of the assets the engine reads are moved (the pixels cannot be fetched here): to small COGs of
+known DN, under the published file names, on a range-request file server; the S2 granule metadata asset points
+at a real ``MTD_TL.xml``. Every other field is as published.
+
+What the tests hold each item to comes from the item (its declared scale/offset, bit fields, angles, date, cloud
+cover) and from the catalogue's documented rules (the S2 BOA offset, Earth Search's ``boa_offset_applied``), not
+from the engine's own tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from rasterio.warp import transform_bounds, transform_geom
+
+from leaf_engine.backends.local import stac_api
+from leaf_engine.backends.local.masks import quality_clear
+from leaf_engine.backends.local.reading import read_scaled, read_warped
+from leaf_engine.backends.local.scenes import Scene, SceneError, scene_from_item
+from leaf_engine.sensors import SENSORS, sensor_for_platform
+from tests.support.stac_api_server import flaky_proxy, serve_files, serve_stac_api
+
+DATA = Path(__file__).parent / "data" / "published-items"
+GRANULE_XML = "MTD_TL_S2A_T07HFE_20190212.xml"
+# the B8A (bandId 8) mean viewing incidence angles written in that file
+GRANULE_VZA, GRANULE_VAA = 10.8667503672554, 290.104191276527
+SHAPE = (6, 6)
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published item and what a user expects of it (literal values read off the published JSON)."""
+
+    file: str
+    catalogue: str
+    sensor: str
+    scale: float
+    offset: float
+    """Reflectance = DN·scale + offset for this item's DN."""
+    band_files: dict[str, str]
+    """Network input → the file name part of the asset that holds that band (ESA / USGS band names)."""
+
+
+_S2_FILES = {"B3": "B03", "B4": "B04", "B5": "B05", "B6": "B06", "B7": "B07", "B8A": "B8A", "B11": "B11",
+             "B12": "B12"}
+_OLI_FILES = {f"SR_B{i}": f"SR_B{i}" for i in (3, 4, 5, 6, 7)}
+_TM_FILES = {"green(B2)": "SR_B2", "red(B3)": "SR_B3", "nir(B4)": "SR_B4", "swir1(B5)": "SR_B5",
+             "swir2(B7)": "SR_B7"}
+C2 = (2.75e-5, -0.2)  # declared by every Landsat item in raster:bands
+
+ITEMS = [
+    # Earth Search, baseline 05.09, boa_offset_applied true: the COG DN no longer carry the +1000, so the −0.1 its
+    # raster:bands still state must not be applied (Element 84: the flag is the truth).
+    Published("S2A_13TDE_20231008_0_L2A", "earth-search", "S2_SR", 1e-4, 0.0, _S2_FILES),
+    Published("LC08_L2SP_033032_20231008_02_T1", "earth-search", "L8_SR", *C2, _OLI_FILES),
+    # Planetary Computer: no raster:bands; baseline 02.12 has no BOA offset, 05.10 has −1000 DN.
+    Published("S2A_MSIL2A_20190101T000001_R116_T60VUK_20201007T214652", "planetary-computer", "S2_SR", 1e-4, 0.0,
+              _S2_FILES),
+    Published("S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458", "planetary-computer", "S2_SR", 1e-4, -0.1,
+              _S2_FILES),
+    Published("LC09_L2SP_089090_20240417_02_T1", "planetary-computer", "L9_SR", *C2, _OLI_FILES),
+    # stactools-landsat examples: the generator of Planetary Computer's landsat-c2-l2 items
+    Published("LC08_L2SP_047027_20201204_02_T1", "planetary-computer", "L8_SR", *C2, _OLI_FILES),
+    Published("LE07_L2SP_021030_20100109_02_T1", "planetary-computer", "L7_SR", *C2, _TM_FILES),
+    Published("LT05_L2SP_010067_19860424_02_T2", "planetary-computer", "L5_SR", *C2, _TM_FILES),
+]
+BY_ID = {p.file: p for p in ITEMS}
+
+
+def published(name: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def _epsg(doc: dict[str, Any]) -> str:
+    p = doc["properties"]
+    return p.get("proj:code") or f"EPSG:{p['proj:epsg']}"
+
+
+def _grid(doc: dict[str, Any]) -> GeoBox:
+    """A small pixel grid in the item's CRS at its footprint's centre (20 m for S2, 30 m for Landsat)."""
+    crs = _epsg(doc)
+    res = 20 if doc["collection"].startswith("sentinel") else 30
+    centre = shapely.geometry.shape(doc["geometry"]).representative_point()
+    x, y = shapely.geometry.shape(transform_geom("EPSG:4326", crs, shapely.geometry.mapping(centre))).coords[0]
+    x0, y0 = math.floor(x / 60) * 60, math.floor(y / 60) * 60
+    return GeoBox(SHAPE, Affine(res, 0, x0, 0, -res, y0), crs)
+
+
+def _dn(i: int, sensor: str) -> np.ndarray:
+    """Band ``i``'s DN: a ramp, 0 (nodata) in the first pixel."""
+    base = 1500 if sensor == "S2_SR" else 9000
+    dn = (base + 100 * i + 37 * np.arange(SHAPE[0] * SHAPE[1])).reshape(SHAPE).astype(np.uint16)
+    dn[0, 0] = 0
+    return dn
+
+
+def _bitfields(asset: dict[str, Any]) -> dict[str, int]:
+    """Single-bit flags of a published QA asset (``classification:bitfields``): name → bit offset."""
+    return {f["name"]: f["offset"] for f in asset.get("classification:bitfields", []) if f["length"] == 1}
+
+
+def _quality_values(key: str, asset: dict[str, Any]) -> np.ndarray:
+    """Per pixel one class or one flag: SCL classes 0-11; QA_PIXEL each single-bit flag the item declares, alone;
+    QA_RADSAT each band's saturation bit in the last pixels, nothing set elsewhere."""
+    flat = np.zeros(SHAPE[0] * SHAPE[1], np.uint16)
+    if key.lower() == "scl":
+        flat[:12] = np.arange(12)
+        flat[12:] = 4
+    elif key.lower() == "qa_pixel":
+        bits = sorted(_bitfields(asset).values())
+        flat[:] = 1 << _bitfields(asset)["clear"]
+        flat[: len(bits)] = [1 << b for b in bits]
+    else:  # in the last pixels, away from the QA_PIXEL flags
+        flat[-11:] = [1 << b for b in range(11)]
+    return flat.reshape(SHAPE)
+
+
+def _write(path: Path, data: np.ndarray, gbox: GeoBox, nodata: float | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype, crs=gbox.crs.wkt, transform=gbox.transform, nodata=nodata) as ds:
+        ds.write(data, 1)
+
+
+def _file_name(href: str) -> str:
+    return href.split("?")[0].rsplit("/", 1)[-1]
+
+
+def _served_item(doc: dict[str, Any], files: Path, url: str) -> pystac.Item:
+    """The published item with the hrefs of the assets the engine reads moved to COGs of known DN on ``url``."""
+    doc = json.loads(json.dumps(doc))
+    # the hierarchy links name the publisher's API (or its folder): the loopback API writes its own
+    doc["links"] = [link for link in doc["links"] if link["rel"] not in ("self", "root", "parent", "collection")
+                    and "://" in link["href"]]
+    item = pystac.Item.from_dict(doc)
+    spec = BY_ID[item.id]
+    sensor = SENSORS[spec.sensor]
+    gbox = _grid(doc)
+    band_keys = {k for k, a in doc["assets"].items()
+                 if any(_file_name(a["href"]).split(".")[0].endswith(f) or f"_{f}_" in _file_name(a["href"])
+                        for f in spec.band_files.values()) and "jp2" not in k}
+    for i, key in enumerate(sorted(band_keys)):
+        name = _file_name(doc["assets"][key]["href"])
+        _write(files / item.id / name, _dn(i, spec.sensor), gbox, 0)
+        item.assets[key].href = f"{url}/{item.id}/{name}"
+    for layer in sensor.quality:
+        for key in layer.stac_keys:
+            if key in doc["assets"]:
+                name = _file_name(doc["assets"][key]["href"])
+                _write(files / item.id / name, _quality_values(key, doc["assets"][key]), gbox, None)
+                item.assets[key].href = f"{url}/{item.id}/{name}"
+    for key in ("granule_metadata", "granule-metadata"):
+        if key in item.assets:
+            item.assets[key].href = f"{url}/{GRANULE_XML}"
+    return item
+
+
+def _catalog(folder: Path, items: list[pystac.Item]) -> Path:
+    root = pystac.Catalog(id="published", description="published items, asset hrefs on loopback")
+    for cid in sorted({i.collection_id or "" for i in items}):
+        coll = pystac.Collection(id=cid, description=cid, extent=pystac.Extent(
+            pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])))
+        root.add_child(coll)
+        for item in items:
+            if item.collection_id == cid:
+                coll.add_item(item.clone())
+        coll.update_extent_from_items()
+    root.normalize_hrefs(str(folder))
+    root.save(pystac.CatalogType.SELF_CONTAINED)
+    return folder / "catalog.json"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> dict[str, Any]:
+    """The COG folder, each catalogue's items as served, and a static STAC API per catalogue."""
+    tmp = tmp_path_factory.mktemp("published")
+    files = tmp / "files"
+    files.mkdir()
+    (files / GRANULE_XML).write_bytes((DATA / GRANULE_XML).read_bytes())
+    with serve_files(files, GRANULE_XML) as url:
+        items = {p.file: _served_item(published(p.file), files, url) for p in ITEMS}
+        apis: dict[str, str] = {}
+        with serve_stac_api(_catalog(tmp / "es", [items[p.file] for p in ITEMS if p.catalogue == "earth-search"])) \
+                as es, serve_stac_api(_catalog(tmp / "pc", [items[p.file] for p in ITEMS
+                                                            if p.catalogue == "planetary-computer"])) as pc:
+            apis["earth-search"], apis["planetary-computer"] = es, pc
+            yield {"files": files, "url": url, "items": items, "apis": apis}
+
+
+def _region(doc: dict[str, Any]) -> shapely.Geometry:
+    return shapely.box(*transform_bounds(_epsg(doc), "EPSG:4326", *_grid(doc).extent.boundingbox))
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _day(doc: dict[str, Any]) -> date:
+    return datetime.fromisoformat(doc["properties"]["datetime"].replace("Z", "+00:00")).date()
+
+
+def _scene(served: dict[str, Any], name: str) -> Scene:
+    """The item found by a search of its catalogue's API and made a scene by the engine."""
+    spec, doc = BY_ID[name], published(name)
+    scenes = stac_api.discover(served["apis"][spec.catalogue], spec.sensor, _region(doc), _day(doc), _day(doc),
+                               max_cloud_cover=100)
+    assert [s.id for s in scenes] == [name]
+    return scenes[0]
+
+
+def test_the_published_items_are_the_files_stored(served):
+    """The API answers each item with its published properties (a search does not rewrite them)."""
+    for spec in ITEMS:
+        doc = published(spec.file)
+        items = stac_api.search_items(served["apis"][spec.catalogue], spec.sensor, _region(doc), _day(doc),
+                                      _day(doc))
+        assert [i.id for i in items] == [spec.file]
+        got = items[0].properties
+        # pystac (under the API) migrates projection and storage to their v2 fields: proj:code, storage:schemes
+        assert set(got) - set(doc["properties"]) <= {"proj:code", "storage:schemes"}, set(got) - set(doc["properties"])
+        for key, value in doc["properties"].items():  # the API may write timestamps in another RFC 3339 form
+            if key in ("datetime", "created", "updated"):
+                assert _instant(got[key]) == _instant(value), key
+            elif key == "proj:epsg" and key not in got:  # pystac's migration to projection v2 (proj:code)
+                assert got["proj:code"] == f"EPSG:{value}"
+            else:
+                assert got[key] == value, key
+        assert sensor_for_platform(doc["properties"]["platform"], doc["collection"]) is SENSORS[spec.sensor]
+
+
+@pytest.mark.parametrize("name", [p.file for p in ITEMS])
+def test_each_band_comes_from_the_asset_of_that_band(served, name):
+    spec, scene = BY_ID[name], _scene(served, name)
+    assert list(scene.bands) == list(SENSORS[spec.sensor].band_names())  # sensors.py's order: the networks'
+    for net_input, ref in scene.bands.items():
+        file = _file_name(ref.href).split(".")[0]
+        assert file.endswith(spec.band_files[net_input]) or f"_{spec.band_files[net_input]}_" in file, \
+            (net_input, ref.href)
+
+
+@pytest.mark.parametrize("name", [p.file for p in ITEMS if p.sensor == "S2_SR"])
+def test_the_10m_set_reads_blue_and_broad_nir(served, name):
+    """The S2 10 m sets' B2 and B8: Earth Search ``blue``/``nir``, Planetary Computer ``B02``/``B08``; then the
+    compositing score's red and nir08 (B8A)."""
+    from leaf_engine.sl2p.networks import load_network_set
+
+    scene = scene_from_item(served["items"][name], SENSORS["S2_SR"], load_network_set("leaf_sl2p_s2_10m").inputs)
+    files = {n: _file_name(r.href).split(".")[0] for n, r in scene.bands.items()}
+    assert list(files) == ["B2", "B3", "B4", "B8", "B8A"]
+    for n, band in (("B2", "B02"), ("B3", "B03"), ("B4", "B04"), ("B8", "B08"), ("B8A", "B8A")):
+        assert files[n].endswith(band) or f"_{band}_" in files[n], (n, files[n])
+
+
+@pytest.mark.parametrize("name", [p.file for p in ITEMS])
+def test_reflectance_is_dn_times_the_items_scale_plus_its_offset(served, name):
+    spec, doc, scene = BY_ID[name], published(name), _scene(served, name)
+    gbox = _grid(doc)
+    for net_input, ref in scene.bands.items():
+        assert (ref.scale, ref.offset) == pytest.approx((spec.scale, spec.offset), abs=1e-12), net_input
+        values, has = read_scaled(ref, gbox)
+        with rasterio.open(ref.href) as src:
+            dn = src.read(1)
+        assert not has[0, 0] and np.isnan(values[0, 0])  # DN 0: the declared nodata
+        want = (dn.astype(np.float64) * spec.scale + spec.offset).astype(np.float32)
+        np.testing.assert_array_equal(values[has], want[dn != 0])
+
+
+def test_earth_search_offset_applies_where_the_catalogue_has_not_removed_it(served):
+    """The same Earth Search item saying ``boa_offset_applied: false``: its DN carry the offset, −0.1 applies (a
+    copy: no published item of that kind was found, see the data README)."""
+    item = served["items"]["S2A_13TDE_20231008_0_L2A"].clone()
+    item.properties["earthsearch:boa_offset_applied"] = False
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert {(r.scale, r.offset) for r in scene.bands.values()} == {(1e-4, -0.1)}
+    # Collection 1 keeps ESA's DN: the flag is Collection 0's, the stated offset applies
+    item.properties["earthsearch:boa_offset_applied"] = True
+    item.collection_id = "sentinel-2-c1-l2a"
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert {(r.scale, r.offset) for r in scene.bands.values()} == {(1e-4, -0.1)}
+
+
+@pytest.mark.parametrize("name", [p.file for p in ITEMS])
+def test_quality_layers_and_their_rules(served, name):
+    spec, doc, scene = BY_ID[name], published(name), _scene(served, name)
+    gbox = _grid(doc)
+    layers = [q.band for q, _ in scene.quality]
+    assert not scene.water_test  # SCL and C2 QA_PIXEL both flag water
+    reads = [read_warped(ref, gbox, categorical=True) for _, ref in scene.quality]
+    clear = np.asarray(quality_clear(scene, reads)).reshape(-1)
+    if spec.sensor == "S2_SR":
+        assert layers == ["SCL"] and scene.mask_kind == "scl"
+        # SCL 4 vegetation and 5 not vegetated are the only clear classes (LEAF-Toolbox S2MaskLand)
+        assert [c for c in range(12) if clear[c]] == [4, 5] and clear[12:].all()
+        return
+    assert layers == ["QA_PIXEL", "QA_RADSAT"] and scene.mask_kind == "qa_pixel"
+    # one pixel per single-bit flag the item declares: the invalid ones by name (USGS C2 QA_PIXEL), clear else
+    bits = _bitfields(doc["assets"]["qa_pixel"])
+    invalid = {"fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow", "water"}
+    assert invalid - {"cirrus"} <= set(bits) and "clear" in bits
+    radsat = np.asarray(reads[1][0]).reshape(-1)
+    assert not radsat[: len(bits)].any() and np.count_nonzero(radsat) == 11
+    for i, (flag, _) in enumerate(sorted(bits.items(), key=lambda kv: kv[1])):
+        assert bool(clear[i]) == (flag not in invalid and radsat[i] == 0), (flag, radsat[i])
+    assert clear[len(bits):][radsat[len(bits):] == 0].all() and not clear[radsat != 0].any()
+
+
+@pytest.mark.parametrize("name", [p.file for p in ITEMS])
+def test_sun_and_view_angles_date_and_cloud_cover_as_published(served, name):
+    spec, doc, scene = BY_ID[name], published(name), _scene(served, name)
+    p = doc["properties"]
+    if "view:sun_elevation" in p:
+        want_sun = (90.0 - p["view:sun_elevation"], p["view:sun_azimuth"])
+    else:  # Planetary Computer S2
+        want_sun = (p["s2:mean_solar_zenith"], p["s2:mean_solar_azimuth"])
+    assert (scene.sun_zenith, scene.sun_azimuth) == pytest.approx(want_sun, abs=1e-9)
+    if spec.sensor == "S2_SR":  # neither catalogue has S2 view angles in the properties: the granule metadata
+        assert not any(k.startswith(("view:incidence", "view:azimuth", "s2:mean_incidence")) for k in p)
+        assert (scene.view_zenith, scene.view_azimuth) == (GRANULE_VZA, GRANULE_VAA)
+    else:  # Landsat: view:off_nadir 0 and no view azimuth: nadir
+        assert p["view:off_nadir"] == 0 and (scene.view_zenith, scene.view_azimuth) == (0.0, 0.0)
+    assert scene.datetime == datetime.fromisoformat(p["datetime"].replace("Z", "+00:00"))
+    assert scene.cloud_cover == p["eo:cloud_cover"]
+    assert scene.footprint.equals(shapely.geometry.shape(doc["geometry"]))
+
+
+def test_items_lacking_what_the_engine_needs_raise_errors_naming_it(served):
+    es = served["items"]["S2A_13TDE_20231008_0_L2A"]
+    s2 = SENSORS["S2_SR"]
+    no_nir = es.clone()
+    del no_nir.assets["nir08"]  # its JPEG 2000 twin "nir08-jp2" (same eo:bands) must not stand in for it
+    with pytest.raises(SceneError, match=r"'S2A_13TDE_20231008_0_L2A' lacks assets for B8A \(nir08/B8A\)"):
+        scene_from_item(no_nir, s2)
+    no_sun = es.clone()
+    del no_sun.properties["view:sun_elevation"]
+    with pytest.raises(SceneError, match=r"'S2A_13TDE_20231008_0_L2A' has no sun angles.*view:sun_elevation"):
+        scene_from_item(no_sun, s2)
+    gone = es.clone()
+    gone.assets["granule_metadata"].href = f"{served['url']}/no-such/granule_metadata.xml"
+    with pytest.raises(SceneError, match=r"'S2A_13TDE_20231008_0_L2A'.*asset 'granule_metadata'.*bandId=8 \(B8A\)"):
+        scene_from_item(gone, s2)
+    not_xml = es.clone()  # a file that is there but is no granule metadata
+    not_xml.assets["granule_metadata"].href = not_xml.assets["nir08"].href
+    with pytest.raises(SceneError, match=r"asset 'granule_metadata'"):
+        scene_from_item(not_xml, s2)
+    pc = served["items"]["S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458"].clone()
+    del pc.assets["B8A"]
+    with pytest.raises(SceneError, match=r"'S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458' lacks assets "
+                                         r"for B8A"):
+        scene_from_item(pc, s2)
+
+
+def test_the_granule_metadata_read_is_retried(served, monkeypatch):
+    """503 and 429 twice before the file: the view angles still come from it."""
+    monkeypatch.setattr(stac_api, "RETRY_BACKOFF", 0.01)
+    item = served["items"]["S2A_MSIL2A_20190101T000001_R116_T60VUK_20201007T214652"].clone()
+    with flaky_proxy(served["url"], failures=2) as (url, log):
+        item.assets["granule-metadata"].href = f"{url}/{GRANULE_XML}?retried"  # not in the reader's cache
+        scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert (scene.view_zenith, scene.view_azimuth) == (GRANULE_VZA, GRANULE_VAA)
+    assert log.errors == {503: 1, 429: 1}
+
+
+@pytest.mark.parametrize("name,code", [("S2A_13TDE_20231008_0_L2A", 21), ("LC08_L2SP_033032_20231008_02_T1", 8)])
+def test_produce_through_the_api_on_published_items(served, tmp_path, name, code):
+    """A request over the published item's footprint, searched in its catalogue's API: the outputs carry the
+    item, its sensor code and its quality rule, and the pixels its quality layer rejects are flagged invalid."""
+    from leaf_engine import products
+    from leaf_engine.backends.local.engine import produce
+    from leaf_engine.request import parse_request
+
+    spec, doc = BY_ID[name], published(name)
+    when = _day(doc)
+    inner = _region(doc).buffer(-1e-4)  # off the COG's edge pixels
+    req = parse_request({
+        "sensor": spec.sensor, "year": when.year, "months": [when.month],
+        "regions": {"site": shapely.geometry.mapping(inner)}, "prod_names": ["LAI"], "projection": _epsg(doc),
+        "resolution": 20 if spec.sensor == "S2_SR" else 30, "out_location": "local", "out_folder": "published"})
+    result = produce(req, out_dir=tmp_path, scenes=served["apis"][spec.catalogue], progress=False,
+                     quicklooks=False, block_size=64)
+    (job,) = result.jobs
+    assert job.scenes == [name] and job.pixels_with_obs > 0
+    (qc_file,) = tmp_path.rglob("*_QC_*.tif")
+    with rasterio.open(qc_file) as src:
+        qc, tags = src.read(1), src.tags()
+    assert tags["scenes_used"] == "1" and SENSORS[spec.sensor].quality[0].band in tags["mask_rule"]
+    inside = qc != products.product("QC").nodata
+    fields = products.qc_fields(qc[inside])
+    assert (fields["sensor_code"] == code).all()
+    assert 0 < fields["invalid"].mean() < 1  # the quality layer's rejected classes / flags, not the rest
+
+
+@pytest.mark.slow
+def test_the_same_scenes_through_pgstac(served, tmp_path):
+    """Planetary Computer runs stac-fastapi-pgstac: the items loaded into pgstac give the same scenes."""
+    from tests.support.pgstac_server import serve_pgstac, unavailable
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("LEAF_REQUIRE_PGSTAC") == "1":
+            pytest.fail(f"LEAF_REQUIRE_PGSTAC=1 but {reason}")
+        pytest.skip(reason)
+    databases = {}
+    for catalogue in ("earth-search", "planetary-computer"):
+        items = [served["items"][p.file] for p in ITEMS if p.catalogue == catalogue]
+        collections = [pystac.Collection(id=cid, description=cid, extent=pystac.Extent(
+            pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])))
+            for cid in sorted({i.collection_id or "" for i in items})]
+        databases[catalogue] = (collections, items)
+    with serve_pgstac(databases) as urls:
+        for spec in ITEMS:
+            doc = published(spec.file)
+            got = stac_api.discover(urls[spec.catalogue], spec.sensor, _region(doc), _day(doc), _day(doc),
+                                    max_cloud_cover=100)
+            want = _scene(served, spec.file)
+            assert [s.id for s in got] == [spec.file]
+            assert (got[0].bands, got[0].quality, got[0].datetime, got[0].cloud_cover) == \
+                (want.bands, want.quality, want.datetime, want.cloud_cover)
+            assert (got[0].sun_zenith, got[0].sun_azimuth, got[0].view_zenith, got[0].view_azimuth) == \
+                (want.sun_zenith, want.sun_azimuth, want.view_zenith, want.view_azimuth)
