@@ -241,7 +241,7 @@ def _preact(buf, width, w, b, row):
         _preact12(buf, w, b, row)
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
+@njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _heads(buf, k, w1, b1, tp, b2, y):
     """y[h, :] = network k of every head on the centred inputs in ``buf`` (float32).
 
@@ -249,7 +249,8 @@ def _heads(buf, k, w1, b1, tp, b2, y):
     output weight). Two simple loops keep more iterations in flight than one long dependency chain would. The
     pixel loops run over the whole chunk (a constant trip count; pixels past the valid ones hold stale finite
     inputs and are never read back) and every buffer access sits at a constant offset from one base (rows of
-    ``CHUNK``), so LLVM vectorises them across pixels without runtime alias checks."""
+    ``CHUNK``), so LLVM vectorises them across pixels without runtime alias checks. Not inlined: one compiled
+    copy serves every call site of every kernel variant (inlined, it tripled the compile time)."""
     n_heads = b1.shape[0]
     n_hid = b1.shape[2]
     width = w1.shape[3]
