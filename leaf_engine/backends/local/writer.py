@@ -41,6 +41,8 @@ GDAL_LEVEL_BYTES = 16 * 1024 * 1024
 """Largest averaged overview level (pixels × bytes) that GDAL computes in one resampled read of the level above
 (:meth:`ProductWriter._gdal_levels`); a larger one goes through GDAL's COG driver, which streams it, so memory
 stays bounded whatever the region size."""
+WRITE_THREADS = 2
+"""Threads writing one block's products at once (:meth:`OutputSet.write_block`)."""
 REOPEN_BYTES = 16 * 1024 * 1024
 """Uncompressed bytes written into a product's tile file before it is closed and reopened. GDAL keeps written
 tiles in its block cache (up to the engine's 256 MB) until the file is closed; closing now and then compresses
@@ -393,6 +395,7 @@ class OutputSet:
                         for p, stem in names.items()}
         self.stems = names
         self.gbox = gbox
+        self._pool: ThreadPoolExecutor | None = None
         # A small job's maps (at most MAX_SIDE² pixels each) are also kept in memory: they are their own
         # quicklook previews, so the quicklooks need not read the COGs back. Larger maps' previews are read
         # from the COG overviews.
@@ -400,10 +403,20 @@ class OutputSet:
                        for p in names} if max(gbox.width, gbox.height) <= MAX_SIDE else None)
 
     def write_block(self, arrays: dict[str, np.ndarray], row: int, col: int) -> None:
-        for name, data in arrays.items():
-            self.writers[name].write(data, row, col)
-            if self._maps is not None:
+        """Write one block of every product, the products on ``WRITE_THREADS`` threads (GDAL compresses with the
+        GIL released): the blocks that finish last are written while no block runs, so this is the job's serial
+        tail before its COGs."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="leaf-write")
+        list(self._pool.map(lambda item: self.writers[item[0]].write(item[1], row, col), arrays.items()))
+        if self._maps is not None:
+            for name, data in arrays.items():
                 self._maps[name][row:row + data.shape[0], col:col + data.shape[1]] = data
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def previews(self) -> dict[str, Preview]:
         """Product → its whole map as a quicklook preview; empty when the maps are too large to be kept."""
@@ -422,10 +435,12 @@ class OutputSet:
             w.path.unlink(missing_ok=True)
             return name, path
 
+        self._close_pool()
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="leaf-cog") as pool:
             return dict(pool.map(convert, self.writers.items()))
 
     def abort(self) -> None:
+        self._close_pool()
         for w in self.writers.values():
             w.close()
 
