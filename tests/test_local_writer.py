@@ -19,6 +19,7 @@ from odc.geo.geobox import GeoBox
 from rio_cogeo.cogeo import cog_validate
 
 from leaf_engine import products
+from leaf_engine.backends.local import writer
 from leaf_engine.backends.local.writer import COG_OPTIONS, JobTags, OutputSet, ProductWriter, halve, overview_shapes
 
 TAGS = JobTags("r1", "S2_SR", "SL2P", "S2_SR:leaf_sl2p_s2_20m", "x", "Jul", "2018-07-01", "2018-07-31", 2,
@@ -66,15 +67,30 @@ def _write(folder: Path, maps: dict[str, np.ndarray], block: int) -> tuple[Outpu
 @pytest.mark.parametrize(("shape", "block", "from_blocks"), [
     ((1536, 2048), 512, 2),   # every level from the blocks
     ((1100, 1300), 256, 2),   # edge blocks of other sizes
-    ((1100, 1300), 250, 1),   # 125 px blocks at level 1 do not halve: level 2 is GDAL's
-    ((2002, 1030), 1024, 1),  # level 1 is 1001 px high: the levels below it are GDAL's
-    ((1025, 1300), 512, 0),   # odd height: every overview is GDAL's
+    ((1100, 1300), 250, 1),   # 125 px blocks at level 1 do not halve: averaged level 2 is GDAL's
+    ((2002, 1030), 1024, 1),  # level 1 is 1001 px high: the averaged levels below it are GDAL's
+    ((1025, 1300), 512, 0),   # odd height: every averaged overview is GDAL's
+    ((2001, 2001), 1024, 0),  # an odd region as bench_produce.py makes (ratio 2.001 on both axes)
     ((300, 400), 128, 0),     # one tile: no overview
 ])
 def test_every_level_equals_gdal_cog(tmp_path, shape, block, from_blocks):
+    """``from_blocks``: the averaged map's levels made from the blocks; a class map's are all made from them
+    (NEAREST, any ratio)."""
+    _check_every_level(tmp_path, shape, block, from_blocks)
+
+
+def test_large_gdal_levels_go_through_the_cog_driver(tmp_path, monkeypatch):
+    """An averaged level above ``GDAL_LEVEL_BYTES`` is made by GDAL's COG driver (streamed), equal all the same."""
+    monkeypatch.setattr(writer, "GDAL_LEVEL_BYTES", 0)
+    _check_every_level(tmp_path, (1025, 1300), 512, 0)
+
+
+def _check_every_level(tmp_path: Path, shape: tuple[int, int], block: int, from_blocks: int) -> None:
     maps = _maps(shape, seed=shape[0] + block)
     out, cogs = _write(tmp_path / "job", maps, block)
-    assert {p: w.levels_from_blocks for p, w in out.writers.items()} == dict.fromkeys(NAMES, from_blocks)
+    levels = len(overview_shapes(*shape))
+    assert {p: w.levels_from_blocks for p, w in out.writers.items()} == \
+        {p: levels if p in products.ANCILLARY else from_blocks for p in NAMES}
     assert not [f for f in (tmp_path / "job").iterdir() if f not in cogs.values()]  # scratch files removed
     for name, dn in maps.items():
         ref = _gdal_cog(name, dn, tmp_path)

@@ -18,10 +18,10 @@ import numpy as np
 import rasterio
 import shapely
 from odc.geo.geobox import GeoBox
-from pyproj import Transformer
 
 from ... import products
 from ...errors import LeafError
+from ...grid import _from_lonlat
 from ...sensors import members
 from ...sl2p import load_network_set
 from . import stac_api
@@ -82,8 +82,8 @@ def blocks(gbox: GeoBox, size: int = DEFAULT_BLOCK) -> list[tuple[int, int, int,
             for r in range(0, gbox.height, size) for c in range(0, gbox.width, size)]
 
 
-def _to_crs(geom: shapely.Geometry, crs: Any) -> shapely.Geometry:
-    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+def _to_crs(geom: shapely.Geometry, crs: str) -> shapely.Geometry:
+    tr = _from_lonlat(crs)  # one per CRS for the process: making one takes ≈ 60 ms (pyproj ≥ 3.1: thread-safe)
     return shapely.transform(shapely.segmentize(geom, 0.01), lambda xy: np.column_stack(tr.transform(*xy.T)))
 
 
@@ -178,6 +178,9 @@ class _Prepared:
     tags: JobTags
     handle: Any
     """The ``(spec, gbox)`` every block reads, shared with the executor (scattered to the Dask workers)."""
+    styles: Future[dict[str, bytes]] | None = None
+    """Product → its QGIS style, made on a finishing thread while the blocks run (:meth:`_Pipeline._on_prepared`):
+    the first one imports matplotlib (≈ 0.4 s), which would otherwise lengthen the job's serial tail."""
 
 
 def _prepare(req: ProductionRequest, job: Job, gbox: GeoBox, sink: Sink, executor: BlockExecutor,
@@ -195,6 +198,10 @@ def _prepare(req: ProductionRequest, job: Job, gbox: GeoBox, sink: Sink, executo
                    ",".join(f"{k}:{v.set_id}" for k, v in spec.nets.items()), job.region.name, job.period,
                    job.start.isoformat(), job.end.isoformat(), len(scenes), describe_masks(scenes))
     return _Prepared(scenes, spec, names, tags, executor.share((spec, gbox)))
+
+
+def _styles(product_names: list[str], job: Job) -> dict[str, bytes]:
+    return {p: qml_style(p, job.start, job.end) for p in product_names}
 
 
 def _finish(req: ProductionRequest, job: Job, prep: _Prepared, outputs: OutputSet, folder: Path,
@@ -215,14 +222,16 @@ def _finish(req: ProductionRequest, job: Job, prep: _Prepared, outputs: OutputSe
             sink.put_file(name.key(), path)
             summary.files.append(name.key())
             style = name.key().removesuffix(".tif") + ".qml"  # QGIS applies a .qml of the same name on opening
-            sink.put_bytes(style, qml_style(product_name, job.start, job.end), "text/xml")
+            qml = prep.styles.result()[product_name] if prep.styles is not None else \
+                qml_style(product_name, job.start, job.end)
+            sink.put_bytes(style, qml, "text/xml")
             summary.files.append(style)
         if drawing is not None:
             # The time the job spends on quicklooks beyond what overlapped with the COGs (benchmarks/README.md).
             tq = time.perf_counter()
             pngs = drawing.result()
             # Larger maps: previews read from the COG overviews.
-            pngs.update(render_quicklooks({p: c for p, c in cogs.items() if p not in pngs}, titles, threads=1))
+            pngs.update(render_quicklooks({p: c for p, c in cogs.items() if p not in pngs}, titles, threads=2))
             for product_name in cogs:
                 sink.put_bytes(names[product_name].quicklook_key(), pngs[product_name], "image/png")
                 summary.files.append(names[product_name].quicklook_key())
@@ -374,6 +383,7 @@ class _Pipeline:
         except Exception as e:
             self._fail(job, e)
             return
+        prep.styles = self.finishing.submit(_styles, list(prep.names), job.job)
         if self.bars is not None:
             job.task = self.bars.add_task(f"{job.job.job_id} ({len(prep.scenes)} scenes)", total=len(job.todo))
 

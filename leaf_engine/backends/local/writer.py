@@ -19,6 +19,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from odc.geo.geobox import GeoBox
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ... import __version__, composite, products
@@ -36,6 +37,10 @@ COG_CACHE_BYTES = 32 * 1024 * 1024
 """GDAL block cache while building the overviews. The COG phase reads each block about twice (tiles, overviews)
 in order, so a big cache buys nothing, and it filled up to the engine's 256 MB with region size: peak memory grew
 with the region (a 144 MB raster: 292 MB peak with 256 MB, 132 MB with 32 MB)."""
+GDAL_LEVEL_BYTES = 16 * 1024 * 1024
+"""Largest averaged overview level (pixels × bytes) that GDAL computes in one resampled read of the level above
+(:meth:`ProductWriter._gdal_levels`); a larger one goes through GDAL's COG driver, which streams it, so memory
+stays bounded whatever the region size."""
 REOPEN_BYTES = 16 * 1024 * 1024
 """Uncompressed bytes written into a product's tile file before it is closed and reopened. GDAL keeps written
 tiles in its block cache (up to the engine's 256 MB) until the file is closed; closing now and then compresses
@@ -101,6 +106,14 @@ def halve(data: np.ndarray, nodata: float, categorical: bool) -> np.ndarray:
     return np.where(n > 0, mean, nodata).astype(data.dtype)
 
 
+def nearest_index(parent: int, size: int) -> np.ndarray:
+    """For each pixel of an overview axis of ``size`` pixels, the pixel of its parent axis (``parent`` pixels)
+    that GDAL's NEAREST overview takes: ``int(0.5 + i × parent / size)`` in double precision (its overview
+    resampler's rule, for any ratio; ``2i`` when the ratio is 2). One source pixel per overview pixel, so a
+    class map's every level can be made from the blocks, whatever their sizes."""
+    return (0.5 + np.arange(size) * (parent / size)).astype(np.int64)
+
+
 class ProductWriter:
     """One product: its full-resolution tiles compressed into a tiled GeoTIFF block by block, and as many of its
     overview levels as can be computed block by block (``halve``) into one such GeoTIFF each; :meth:`to_cog`
@@ -113,13 +126,20 @@ class ProductWriter:
         self._nodata = p.nodata
         self._categorical = name in _CATEGORICAL
         self._shapes = overview_shapes(gbox.height, gbox.width)
-        # Levels computed from the blocks: while every parent level has an even size (GDAL's 2×2 case) and the
-        # product is an integer map; the rest are GDAL's, from the last of these, at the end.
+        # Levels computed from the blocks, for an integer map: every level of a class map (NEAREST takes one
+        # source pixel, :func:`nearest_index`); an averaged map's while every parent level has an even size
+        # (GDAL's 2×2 case). The rest are GDAL's, from the last of these, at the end.
         self._levels = 0
         parent = (gbox.height, gbox.width)
+        self._index: list[tuple[np.ndarray, np.ndarray]] = []  # class maps: per level, parent row/col per pixel
+        self._halves: list[bool] = []  # class maps: per level, whether its ratio is exactly 2 (index 2i)
         for shape in self._shapes:
-            if parent[0] % 2 or parent[1] % 2 or not np.issubdtype(np.dtype(p.dtype), np.integer):
+            if not np.issubdtype(np.dtype(p.dtype), np.integer) or \
+                    (not self._categorical and (parent[0] % 2 or parent[1] % 2)):
                 break
+            if self._categorical:
+                self._index.append((nearest_index(parent[0], shape[0]), nearest_index(parent[1], shape[1])))
+                self._halves.append(parent[0] == 2 * shape[0] and parent[1] == 2 * shape[1])
             self._levels += 1
             parent = shape
         self._level_paths = [path] + [path.with_name(f"{path.stem}.L{k}.tif") for k in range(1, self._levels + 1)]
@@ -127,6 +147,8 @@ class ProductWriter:
             "driver": "GTiff", "count": 1, "dtype": p.dtype, "crs": gbox.crs.wkt, "nodata": p.nodata,
             **_TILE_OPTIONS,
         }
+        self._profile, self._gbox = profile, gbox
+        self._gdal_paths: list[Path] = []
         self._ds = []
         for k, level_path in enumerate(self._level_paths):
             h, w = (gbox.height, gbox.width) if k == 0 else self._shapes[k - 1]
@@ -146,7 +168,16 @@ class ProductWriter:
         for k in range(len(self._ds)):
             if k > self._levels:
                 break
-            if k > 0:  # the 2×2 of this level must not straddle two blocks
+            if k > 0 and self._categorical and self._halves[k - 1] and not (row % 2 or col % 2):
+                data, row, col = data[::2, ::2], row // 2, col // 2  # the index rule for a ratio of 2, as a view
+            elif k > 0 and self._categorical:  # the level's pixels whose source pixel lies in this block
+                rows, cols = self._index[k - 1]
+                r0, r1 = np.searchsorted(rows, (row, row + data.shape[0]))
+                c0, c1 = np.searchsorted(cols, (col, col + data.shape[1]))
+                if r0 == r1 or c0 == c1:
+                    break
+                data, row, col = data[rows[r0:r1, None] - row, cols[None, c0:c1] - col], int(r0), int(c0)
+            elif k > 0:  # the 2×2 of this level must not straddle two blocks
                 if row % 2 or col % 2 or data.shape[0] % 2 or data.shape[1] % 2:
                     self._levels = k - 1  # a block grid that does not halve: GDAL makes the rest at the end
                     break
@@ -182,7 +213,9 @@ class ProductWriter:
         try:
             sources: list[tuple[Path, int]] = [(p, 0) for p in self._level_paths[:self._levels + 1]]
             with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
-                if self._levels < len(self._shapes):
+                if self._levels < len(self._shapes) and self._reads_levels():
+                    sources += self._gdal_levels(dst)
+                elif self._levels < len(self._shapes):
                     rasterio.shutil.copy(sources[-1][0], scratch, driver="COG", COMPRESS="NONE",
                                          OVERVIEW_COMPRESS="DEFLATE", OVERVIEW_PREDICTOR="2",
                                          BLOCKSIZE=str(INTERNAL_TILE), BIGTIFF="IF_SAFER", OVERVIEWS="AUTO",
@@ -203,9 +236,36 @@ class ProductWriter:
             scratch.unlink(missing_ok=True)
             for v in vrts:
                 v.unlink(missing_ok=True)
-            for p in self._level_paths[1:]:
+            for p in [*self._level_paths[1:], *self._gdal_paths]:
                 p.unlink(missing_ok=True)
         return dst
+
+    def _reads_levels(self) -> bool:
+        """Whether GDAL's remaining levels are made by resampled reads (:meth:`_gdal_levels`): an averaged map
+        whose first such level is at most ``GDAL_LEVEL_BYTES``."""
+        h, w = self._shapes[self._levels]
+        return not self._categorical and h * w * np.dtype(self._profile["dtype"]).itemsize <= GDAL_LEVEL_BYTES
+
+    def _gdal_levels(self, dst: Path) -> list[tuple[Path, int]]:
+        """The overview levels below the last one made from the blocks, each an AVERAGE resampled read of the
+        level above by GDAL (the overview resampler the COG driver uses, weighted for ratios that are not 2;
+        ``tests/test_local_writer.py`` checks every level against the COG driver's) compressed into a tiled
+        GeoTIFF like the others. It skips the COG driver's scratch COG, which copies the whole parent level
+        uncompressed and compresses its overviews twice."""
+        out: list[tuple[Path, int]] = []
+        parent = self._level_paths[self._levels]
+        for k in range(self._levels + 1, len(self._shapes) + 1):
+            h, w = self._shapes[k - 1]
+            with rasterio.open(parent) as src:
+                data = src.read(1, out_shape=(h, w), resampling=Resampling.average)
+            path = dst.with_name(f"{dst.stem}.G{k}.tif")
+            self._gdal_paths.append(path)
+            transform = self._gbox.transform @ Affine.scale(self._gbox.width / w, self._gbox.height / h)
+            with rasterio.open(path, "w", width=w, height=h, transform=transform, **self._profile) as ds:
+                ds.write(data, 1)
+            out.append((path, 0))
+            parent = path
+        return out
 
 
 def _empty_vrt(tiles: Path, shape: tuple[int, int] | None, vrt: Path, overviews: list[Path] = ()) -> None:
@@ -344,6 +404,7 @@ class OutputSet:
                        for p in names} if max(gbox.width, gbox.height) <= MAX_SIDE else None)
 
     def write_block(self, arrays: dict[str, np.ndarray], row: int, col: int) -> None:
+        # One thread: writing the products on two measured 0.3–1.3 CPU-s more at 4001² (and no faster).
         for name, data in arrays.items():
             self.writers[name].write(data, row, col)
             if self._maps is not None:
