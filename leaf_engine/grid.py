@@ -106,12 +106,14 @@ def _to_lonlat() -> Transformer:
 
 
 @cache
-def _from_lonlat(crs: str) -> Transformer:
+def lonlat_to(crs: str) -> Transformer:
+    """The lon/lat → ``crs`` transformer, one per CRS for the process (making one takes ≈ 60 ms; pyproj ≥ 3.1
+    transformers are thread-safe)."""
     return Transformer.from_crs(LONLAT, crs, always_xy=True)
 
 
 def _project(geometry_lonlat: shapely.Geometry, crs: str) -> shapely.Geometry:
-    return shapely.transform(geometry_lonlat, _from_lonlat(crs).transform, interleaved=False)
+    return shapely.transform(geometry_lonlat, lonlat_to(crs).transform, interleaved=False)
 
 
 def _check_resolution(resolution: float) -> None:

@@ -21,7 +21,7 @@ from odc.geo.geobox import GeoBox
 
 from ... import products
 from ...errors import LeafError
-from ...grid import _from_lonlat
+from ...grid import lonlat_to
 from ...sensors import members
 from ...sl2p import load_network_set
 from . import stac_api
@@ -83,7 +83,7 @@ def blocks(gbox: GeoBox, size: int = DEFAULT_BLOCK) -> list[tuple[int, int, int,
 
 
 def _to_crs(geom: shapely.Geometry, crs: str) -> shapely.Geometry:
-    tr = _from_lonlat(crs)  # one per CRS for the process: making one takes ≈ 60 ms (pyproj ≥ 3.1: thread-safe)
+    tr = lonlat_to(crs)
     return shapely.transform(shapely.segmentize(geom, 0.01), lambda xy: np.column_stack(tr.transform(*xy.T)))
 
 
