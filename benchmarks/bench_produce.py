@@ -30,9 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -246,13 +248,25 @@ def phase_produce(req_path: Path, out: Path) -> dict:
             "blocks_peak_rss_mb": clock.blocks_peak_rss_mb, "cog_peak_rss_mb": clock.finish_peak_rss_mb}
 
 
+def _timed_blocks(gbox: Any, warp_block: Callable[[tuple[int, int, int, int]], int]) -> dict:
+    """Run ``warp_block`` on every block of ``gbox`` on 2 threads under the engine's GDAL cache: wall and CPU
+    seconds, values read, peak RSS."""
+    import rasterio
+
+    from leaf_engine.backends.local.engine import GDAL_CACHE_BYTES, blocks
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ThreadPoolExecutor(2) as pool:
+        total = sum(pool.map(warp_block, blocks(gbox, BLOCK)))
+    return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "values": total,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
 def phase_warp(req_path: Path) -> dict:
     """The engine's own warping and nothing else: for every block, each scene's bands and quality layers read
     onto the block exactly as ``produce`` reads them (``reading.read_many``: co-gridded local files in one warp
     pass, nearest neighbour, the same nodata), on 2 threads, the result discarded."""
-    import rasterio
-
-    from leaf_engine.backends.local.engine import GDAL_CACHE_BYTES, _prepare, blocks
+    from leaf_engine.backends.local.engine import _prepare
     from leaf_engine.backends.local.executors import ThreadExecutor
     from leaf_engine.backends.local.pipeline import _touches
     from leaf_engine.backends.local.reading import read_many
@@ -279,11 +293,7 @@ def phase_warp(req_path: Path) -> dict:
                 n += sum(int(raw.size) for raw, _ in reads)
         return n
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ThreadPoolExecutor(2) as pool:
-        total = sum(pool.map(warp_block, blocks(gbox, BLOCK)))
-    return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "values": total,
-            "peak_rss_mb": _peak_rss_mb()}
+    return _timed_blocks(gbox, warp_block)
 
 
 def phase_warp_rasters(req_path: Path) -> dict:
@@ -294,7 +304,6 @@ def phase_warp_rasters(req_path: Path) -> dict:
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
-    from leaf_engine.backends.local.engine import GDAL_CACHE_BYTES, blocks
     from leaf_engine.backends.local.scenes import load_items
     from leaf_engine.request import parse_request
 
@@ -312,11 +321,7 @@ def phase_warp_rasters(req_path: Path) -> dict:
                 n += int(vrt.read(1, window=Window(0, 0, w, h)).size)
         return n
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), ThreadPoolExecutor(2) as pool:
-        total = sum(pool.map(warp_block, blocks(gbox, BLOCK)))
-    return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "values": total,
-            "peak_rss_mb": _peak_rss_mb()}
+    return _timed_blocks(gbox, warp_block)
 
 
 def _child(phase: str, req_path: Path, out: Path) -> dict:
