@@ -152,9 +152,7 @@ class ProductWriter:
         self._ds = []
         for k, level_path in enumerate(self._level_paths):
             h, w = (gbox.height, gbox.width) if k == 0 else self._shapes[k - 1]
-            self._ds.append(rasterio.open(level_path, "w", width=w, height=h,
-                                          transform=gbox.transform @ Affine.scale(gbox.width / w, gbox.height / h),
-                                          **profile))
+            self._ds.append(self._create_level(level_path, (h, w)))
         main = self._ds[0]
         main.update_tags(**tags)
         main.set_band_description(1, f"{name} ({p.units})")
@@ -205,7 +203,8 @@ class ProductWriter:
         The COG driver writes the COG's structure (header, IFDs, tags) from a VRT that reads as nodata, with an
         empty (sparse) level wherever the data is; then the compressed tiles of every level are appended in the
         order and framing the COG layout prescribes (:func:`_append_tiles`). Overview levels not computed from
-        the blocks are GDAL's: the COG driver makes them from the last level that was, into a scratch COG."""
+        the blocks are GDAL's, from the last level that was: resampled reads (:meth:`_gdal_levels`), or for a
+        large averaged level the COG driver, into a scratch COG."""
         self.close()
         resampling = "NEAREST" if self._categorical else "AVERAGE"
         scratch = dst.with_name(dst.stem + ".ovr.tif")
@@ -240,6 +239,12 @@ class ProductWriter:
                 p.unlink(missing_ok=True)
         return dst
 
+    def _create_level(self, path: Path, shape: tuple[int, int]) -> rasterio.io.DatasetWriter:
+        """A new tiled GeoTIFF for one level of ``shape`` (the full grid or an overview of it)."""
+        h, w = shape
+        return rasterio.open(path, "w", width=w, height=h, **self._profile,
+                             transform=self._gbox.transform @ Affine.scale(self._gbox.width / w, self._gbox.height / h))
+
     def _reads_levels(self) -> bool:
         """Whether GDAL's remaining levels are made by resampled reads (:meth:`_gdal_levels`): an averaged map
         whose first such level is at most ``GDAL_LEVEL_BYTES``."""
@@ -260,8 +265,7 @@ class ProductWriter:
                 data = src.read(1, out_shape=(h, w), resampling=Resampling.average)
             path = dst.with_name(f"{dst.stem}.G{k}.tif")
             self._gdal_paths.append(path)
-            transform = self._gbox.transform @ Affine.scale(self._gbox.width / w, self._gbox.height / h)
-            with rasterio.open(path, "w", width=w, height=h, transform=transform, **self._profile) as ds:
+            with self._create_level(path, (h, w)) as ds:
                 ds.write(data, 1)
             out.append((path, 0))
             parent = path
