@@ -355,30 +355,31 @@ def _digits8(raw, m, lo, hi, okf):
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _codes64(xs, s, m, dom_mult, codef):
+def _codes64(xs, s, m, dom_in, codef):
+    """Float64 domain codes of a chunk: digit ``pos`` from input ``dom_in[pos]``, times 10**pos."""
     for p in range(m):
         codef[p] = 0.0
-    for i in range(dom_mult.shape[0]):
-        mult = dom_mult[i]
-        if mult > 0.0:
-            _add_digits(xs[i], s, m, mult, codef)
+    mult = 1.0
+    for pos in range(dom_in.shape[0]):
+        _add_digits(xs[dom_in[pos]], s, m, mult, codef)
+        mult *= 10.0
 
 
-def _domain_codes(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf):  # pragma: no cover - overloaded
+def _domain_codes(xs, s, m, fast, dom_in, raw, codef, lo, hi, okf):  # pragma: no cover - overloaded
     raise NotImplementedError
 
 
 @overload(_domain_codes, inline="always")
-def _domain_codes_impl(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf):  # type: ignore[no-untyped-def]
+def _domain_codes_impl(xs, s, m, fast, dom_in, raw, codef, lo, hi, okf):  # type: ignore[no-untyped-def]
     """Domain code of each pixel of a chunk into ``codef`` (float64). Float32 inputs of a set with at most
     8 domain bands: float32 digits of the ``raw`` copy summed in two exact halves (4 digits each), unless a
     pixel of the chunk is not safe for them; otherwise, and for float64 inputs, float64 digits."""
     if not (isinstance(xs.dtype.dtype, types.Float) and xs.dtype.dtype.bitwidth == 32):
-        return lambda xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf: _codes64(xs, s, m, dom_mult, codef)
+        return lambda xs, s, m, fast, dom_in, raw, codef, lo, hi, okf: _codes64(xs, s, m, dom_in, codef)
 
-    def impl(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf):
+    def impl(xs, s, m, fast, dom_in, raw, codef, lo, hi, okf):
         if not fast:
-            _codes64(xs, s, m, dom_mult, codef)
+            _codes64(xs, s, m, dom_in, codef)
             return
         for pos in range(dom_in.shape[0]):  # the domain bands in digit order, into the rows of ``raw``
             xv = xs[dom_in[pos]][s:s + m]
@@ -393,13 +394,13 @@ def _domain_codes_impl(xs, s, m, dom_mult, fast, dom_in, raw, codef, lo, hi, okf
             for p in range(m):
                 codef[p] = np.float64(hi[p]) * 1e4 + np.float64(lo[p])
         else:
-            _codes64(xs, s, m, dom_mult, codef)
+            _codes64(xs, s, m, dom_in, codef)
 
     return impl
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_mult, dom_in, bitset, codes,
+def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_in, bitset, codes,
          vals, dn, dn_scale, dn_max, dn_nodata, oor, range_lo, range_hi, ood, n_threads):
     npix = xs[0].shape[0]
     n_heads = b1.shape[0]
@@ -479,7 +480,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_mult, dom_
                     v = y[h, p]
                     outb[p] = (v < lo) | (v > hi)
             if want_dom:
-                _domain_codes(xs, s, m, dom_mult, fast_digits, dom_in, raw, codef, dlo, dhi, dok)
+                _domain_codes(xs, s, m, fast_digits, dom_in, raw, codef, dlo, dhi, dok)
                 if fast_digits:
                     _lookup_bitset(codef, m, bitset, ood, s)
                 else:
@@ -605,9 +606,6 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     oor = np.empty((len(lo), npix), np.bool_)
     dom = nets.domain if domain else None
     ood = np.empty(npix if dom is not None else 0, np.bool_)
-    dom_mult = np.zeros(len(flat), np.float64)  # 10**position of each domain band, 0 for other inputs
-    for pos, band in enumerate(dom.bands if dom else ()):
-        dom_mult[nets.inputs.index(band)] = 10.0**pos
     bitset = domain_bitset(dom) if dom else np.zeros(0, np.uint64)
     dom_in = np.array([nets.inputs.index(b) for b in dom.bands] if dom else [], np.int64)  # input of each digit
     codes = dom.codes if dom else np.zeros(0, np.int64)
@@ -617,7 +615,7 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     # machine does not hold the others up
     with numba.parallel_chunksize(1):
         _run(xs, len(flat), nidx, packed.centre, packed.centre64, packed.w1, packed.b1, packed.tanh_p, packed.b2,
-             dom_mult, dom_in, bitset, codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
+             dom_in, bitset, codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
              oor, lo, hi, ood, numba.get_num_threads())  # read here: using it in the kernel defeats caching
     return KernelResult(packed.heads, vals if values else None, dns if dn else None,
                         oor if len(lo) else None, ood if dom is not None else None)
