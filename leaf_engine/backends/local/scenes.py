@@ -265,11 +265,9 @@ def _granule_view_angles(item: pystac.Item) -> tuple[float, float] | None:
 @lru_cache(maxsize=1024)
 def _read_granule_view_angles(href: str) -> tuple[float, float]:
     if href.startswith(("http://", "https://")):  # with the STAC API's retries (429, 5xx, connection errors)
-        from pystac_client.stac_api_io import StacApiIO
+        from .stac_api import api_io  # here: stac_api imports this module
 
-        from .stac_api import _retry  # here: stac_api imports this module
-
-        text = StacApiIO(max_retries=_retry(), timeout=60).read_text(href)
+        text = api_io().read_text(href)
     else:
         text = pystac.StacIO.default().read_text(href)
     root = ET.fromstring(text)

@@ -134,6 +134,13 @@ def _retry() -> Any:
                  allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
 
 
+def api_io() -> Any:
+    """The HTTP layer of every STAC request, API searches and item assets alike: :func:`_retry`, 60 s timeout."""
+    from pystac_client.stac_api_io import StacApiIO
+
+    return StacApiIO(max_retries=_retry(), timeout=60)
+
+
 def cloud_filter(max_cloud_cover: float) -> dict[str, Any]:
     """The CQL2 filter of the cloud-cover rule of :func:`scenes.select_scenes`: at most ``max_cloud_cover``, or
     not stated (such items are kept and left to the per-pixel masks)."""
@@ -186,7 +193,6 @@ def search_items(source: str, request_sensor: str, region: shapely.Geometry, sta
     caller checks cloud cover on every item."""
     from pystac_client import Client, ConformanceClasses
     from pystac_client.exceptions import APIError
-    from pystac_client.stac_api_io import StacApiIO
 
     url, collections = api_and_collections(source)
     wanted = sorted({collections[s.id] for s in members(request_sensor) if s.id in collections})
@@ -196,7 +202,7 @@ def search_items(source: str, request_sensor: str, region: shapely.Geometry, sta
     # a closed interval of whole days: the last microsecond of ``end`` is in, as in select_scenes
     window = f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999999Z"
     try:
-        client = Client.open(url, stac_io=StacApiIO(max_retries=_retry(), timeout=60), modifier=_modifier(url))
+        client = Client.open(url, stac_io=api_io(), modifier=_modifier(url))
         _check_collections(client, url, wanted, request_sensor)
         filters: list[dict[str, Any]] = [{}]
         if max_cloud_cover is not None and client.conforms_to(ConformanceClasses.FILTER):
