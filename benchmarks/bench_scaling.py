@@ -104,12 +104,12 @@ def _windows(req_doc: dict, n_jobs: int) -> dict:
 def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1) -> dict:
     import distributed
 
+    from leaf_engine import compiled
     from leaf_engine.backends.local import produce
     from leaf_engine.backends.local.engine import blocks
     from leaf_engine.backends.local.executors import DaskExecutor
     from leaf_engine.backends.local.stac_api import search_items
     from leaf_engine.request import parse_request
-    from leaf_engine.sl2p import kernel
 
     req = parse_request({**req_doc, "scenes": api})
     jobs = req.jobs()
@@ -119,7 +119,7 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
                  "pixels": gbox.width * gbox.height * len(jobs)}
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        client.run(kernel.warm_up)  # load the compiled kernel outside the timing (numba cache)
+        client.run(compiled.warm_up)  # load the compiled functions outside the timing (numba cache)
         t0, c0 = time.perf_counter(), time.process_time()
         with distributed.get_task_stream(client) as stream:
             produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK,

@@ -46,8 +46,13 @@ def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
                      where=total != 0)
 
 
+def scene_term(obs: date, start: date, end: date, cloud_cover: float) -> float:
+    """The date and cloud terms of :func:`score`: one value per scene."""
+    return W_DATE * date_term(obs, start, end) + W_CLOUD * (1.0 - min(max(cloud_cover, 0.0), 100.0) / 100.0)
+
+
 def score(red: np.ndarray, nir: np.ndarray, obs: date, start: date, end: date, cloud_cover: float) -> np.ndarray:
-    """Per-pixel score of one observation (float32); the spectral term is 0 where NDVI is undefined."""
+    """Per-pixel score of one observation (float32: the Python floats are rounded to float32 and the sums are
+    float32's); the spectral term is 0 where NDVI is undefined."""
     spectral = np.clip(ndvi(red, nir), 0.0, 1.0)
-    scene = W_DATE * date_term(obs, start, end) + W_CLOUD * (1.0 - min(max(cloud_cover, 0.0), 100.0) / 100.0)
-    return (W_SPECTRAL * spectral + scene).astype(np.float32)
+    return (W_SPECTRAL * spectral + scene_term(obs, start, end, cloud_cover)).astype(np.float32)

@@ -128,10 +128,9 @@ def test_dask_cluster_gives_the_same_files(straddling_scenes, tile_outputs, tmp_
 
 
 def _compile_kernel_outside_the_measurement() -> None:
-    from leaf_engine.sl2p import estimate, load_network_set
+    from leaf_engine import compiled
 
-    nets = load_network_set("leaf_sl2p_s2_20m")
-    estimate(nets, {name: np.full(4, 0.5, np.float32) for name in nets.inputs}, ["LAI"])
+    compiled.warm_up()  # the SL2P kernel and the composite fold
 
 
 def test_memory_is_bounded_by_the_block_not_the_region(tmp_path):

@@ -100,8 +100,8 @@ def produce(
 
     if not _kernel_cached():
         console_err.print("first run on this machine: numba compiles the SL2P kernel once before the first job "
-                          "(a few minutes on a small machine, silent); later runs reuse its cache "
-                          f"({_kernel_cache_dir()})", markup=False, highlight=False)
+                          "(a few minutes on a small machine, silent; `python -m leaf_engine.compiled` does it at "
+                          f"set-up); later runs reuse its cache ({_kernel_cache_dir()})", markup=False, highlight=False)
     source = scenes or resolve_path(req.scenes, request)
     result = run_local(
         req, out_dir=out, scenes=source, dask_address=dask,

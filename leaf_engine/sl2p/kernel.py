@@ -27,7 +27,7 @@ How it stays fast and accurate:
 * SL2P-CCRS: each chunk is split by network index (gather → compute → scatter), so mixed chunks cost only the
   networks present.
 
-Compilation takes tens of seconds: ``python -m leaf_engine.sl2p.kernel --compile`` (run by ``scripts/test`` and
+Compilation takes tens of seconds: ``python -m leaf_engine.compiled`` (run by ``scripts/test`` and
 ``scripts/demo``) does it once and ``cache=True`` keeps it on disk (next to this module, or in
 ``NUMBA_CACHE_DIR``) for every later process.
 """
@@ -688,12 +688,3 @@ def warm_up() -> float:
             run(nets, x, ("LAI",), network_index=idx, dn=True, uncertainty=True,
                 ranges={"LAI": product("LAI").valid_range})  # type: ignore[dict-item]
     return time.perf_counter() - t0
-
-
-if __name__ == "__main__":  # python -m leaf_engine.sl2p.kernel --compile
-    import sys
-
-    if sys.argv[1:] != ["--compile"]:
-        sys.exit("usage: python -m leaf_engine.sl2p.kernel --compile")
-    print("compiling the SL2P kernel once (numba; cached on disk for every later run) ...", flush=True)
-    print(f"SL2P kernel ready ({warm_up():.1f} s)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from types import EllipsisType
 
 import numpy as np
 import shapely
@@ -16,10 +17,11 @@ from odc.geo.geobox import GeoBox
 from rasterio.features import geometry_mask
 
 from ... import composite, products
-from ...sensors import ANGLE_INPUTS, SENSORS
+from ...sensors import ANGLE_INPUTS, SENSORS, WATER_TEST
 from ...sl2p import NetworkSet, estimate
+from .fold import FoldRule, fold
 from .masks import quality_clear, reflectance_invalid, water_invalid
-from .reading import read_many, read_scaled, read_warped, scaled
+from .reading import physical, read_many, read_scaled, read_warped
 from .scenes import AssetRef, Scene
 
 _NO_SCORE = np.float32(-np.inf)
@@ -75,17 +77,15 @@ class Composite:
     score: np.ndarray
     bands: np.ndarray
     """[n_bands, h, w] float32 reflectance of the chosen observation."""
-    cos_vza: np.ndarray
-    cos_sza: np.ndarray
-    cos_raa: np.ndarray
+    angles: np.ndarray
+    """[3, h, w] float32: cos(VZA), cos(SZA), cos(RAA) of the chosen observation."""
     doy: np.ndarray
     sensor_code: np.ndarray
 
     @classmethod
     def empty(cls, n_bands: int, shape: tuple[int, int]) -> Composite:
-        f = np.zeros(shape, np.float32)
-        return cls(np.full(shape, _NO_SCORE), np.full((n_bands, *shape), np.nan, np.float32), f, f.copy(),
-                   f.copy(), np.zeros(shape, np.uint16), np.zeros(shape, np.uint8))
+        return cls(np.full(shape, _NO_SCORE, np.float32), np.full((n_bands, *shape), np.nan, np.float32),
+                   np.zeros((3, *shape), np.float32), np.zeros(shape, np.uint16), np.zeros(shape, np.uint8))
 
     @property
     def has_obs(self) -> np.ndarray:
@@ -104,8 +104,9 @@ def _angles(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray | float, ...]:
             np.cos((np.float32(values["saa"]) - np.float32(values["vaa"])) * rad))
 
 
-def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
-    """Reflectance [n_bands, h, w] (float32, rounded once from float64 so k/10 values stay exact), clear pixels."""
+def _read_bands(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance [n_bands, h, w] (float32, rounded once from float64 so k/10 values stay exact; any value where
+    there is no data) and the pixels that every band has and the scene's quality layers leave clear."""
     shape = (gbox.height, gbox.width)
     refs = list(scene.bands.values())
     layers = [ref for _, ref in scene.quality]
@@ -113,44 +114,47 @@ def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray
     bands = np.empty((len(refs), *shape), np.float32)
     clear = np.ones(shape, dtype=bool)
     for i, (ref, (raw, has)) in enumerate(zip(refs, reads, strict=False)):
-        bands[i] = scaled(ref, raw, has)
+        physical(ref, raw, out=bands[i])
         clear &= has
     clear &= quality_clear(scene, reads[len(refs):])  # the sensor's quality layers (masks.py)
+    return bands, clear
+
+
+def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance [n_bands, h, w] (NaN where data or quality layers leave no value) and its clear pixels by every
+    rule: data, quality layers, water test, reflectance range (the blocks apply the last two per pixel, in
+    :func:`fold.fold`)."""
+    bands, clear = _read_bands(scene, gbox)
+    bands[:, ~clear] = np.nan
     clear &= ~water_invalid(scene, bands)
     clear &= ~reflectance_invalid(bands)
     return bands, clear
 
 
-def _score(scene: Scene, bands: np.ndarray, spec: JobSpec) -> np.ndarray:
+def fold_rule(scene: Scene, spec: JobSpec) -> FoldRule:
+    """Band positions of the score and of the water test in the scene's stack, and its score term."""
     common = [scene.sensor.band(n).common_name for n in scene.bands]
-    red, nir = bands[common.index("red")], bands[common.index("nir08")]
-    return composite.score(red, nir, scene.date, spec.start, spec.end, scene.cloud_cover)
+    green, nir = (common.index(WATER_TEST.green), common.index(WATER_TEST.nir)) if scene.water_test else (-1, -1)
+    return FoldRule(common.index("red"), common.index("nir08"), green, nir,
+                    composite.scene_term(scene.date, spec.start, spec.end, scene.cloud_cover))
 
 
 def add_scene(comp: Composite, scene: Scene, gbox: GeoBox, spec: JobSpec, inside: np.ndarray) -> None:
     """Fold one scene into the composite: a clear pixel replaces the current one if its score is higher
     (scenes come in time order and ties keep the earlier one)."""
-    bands, clear = read_observation(scene, gbox)
+    bands, clear = _read_bands(scene, gbox)
     clear &= inside
     if not clear.any():
         return
-    score = _score(scene, bands, spec)
-    better = clear & (score > comp.score)
-    # copyto(where=) updates in place without the temporaries of boolean fancy indexing.
-    np.copyto(comp.score, score, where=better)
-    np.copyto(comp.bands, bands, where=better[None])
-    for target, value in zip((comp.cos_vza, comp.cos_sza, comp.cos_raa), _angles(scene, gbox), strict=True):
-        np.copyto(target, value, where=better, casting="same_kind")
-    np.copyto(comp.doy, scene.day_of_year, where=better, casting="unsafe")
-    np.copyto(comp.sensor_code, scene.sensor.qc_code, where=better, casting="unsafe")
+    fold(comp, bands, clear, fold_rule(scene, spec), _angles(scene, gbox), scene.day_of_year, scene.sensor.qc_code)
 
 
-def _estimate_sensor(spec: JobSpec, comp: Composite, sel: np.ndarray, sensor_id: str,
+def _estimate_sensor(spec: JobSpec, comp: Composite, sel: np.ndarray | EllipsisType, sensor_id: str,
                      partition: np.ndarray | None):
+    """SL2P on the composite's pixels ``sel`` (a mask, or ``...`` for the whole block: views, no gathering)."""
     nets = spec.nets[sensor_id]
     names = band_order(spec)
-    inputs: dict[str, np.ndarray] = dict(zip(ANGLE_INPUTS, (comp.cos_vza[sel], comp.cos_sza[sel],
-                                                           comp.cos_raa[sel]), strict=True))
+    inputs: dict[str, np.ndarray] = dict(zip(ANGLE_INPUTS, comp.angles[:, sel], strict=True))
     for i, name in enumerate(names):
         inputs[name] = comp.bands[i][sel]
     part = None
@@ -160,12 +164,12 @@ def _estimate_sensor(spec: JobSpec, comp: Composite, sel: np.ndarray, sensor_id:
                     precision="float32")
 
 
-def _as_flag(value, variables: tuple[str, ...], n: int) -> np.ndarray:
+def _as_flag(value, variables: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
     """A per-pixel flag from an array or a per-variable mapping of arrays (OR over the requested variables)."""
     if value is None:
-        return np.zeros(n, dtype=bool)
+        return np.zeros(shape, dtype=bool)
     if isinstance(value, Mapping):
-        out = np.zeros(n, dtype=bool)
+        out = np.zeros(shape, dtype=bool)
         for v in variables:
             if v in value:
                 out |= np.asarray(value[v], dtype=bool)
@@ -192,18 +196,23 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
     unc = {v: np.full(shape, np.nan, np.float32) for v in spec.variables} if spec.uncertainty else {}
     domain = np.zeros(shape, dtype=bool)
     out_of_range = np.zeros(shape, dtype=bool)
+    n_obs = int(has_obs.sum())
     for sensor_id in spec.nets:
         sel = has_obs & (comp.sensor_code == SENSORS[sensor_id].qc_code)
         n = int(sel.sum())
         if n == 0:
             continue
-        est = _estimate_sensor(spec, comp, sel, sensor_id, partition)
+        # Where this sensor has every observation of a mostly observed block, the whole block is one pass over
+        # views (pixels without one have NaN inputs, hence NaN outputs, and encode_block masks their flags):
+        # gathering and scattering 11 inputs and 8 outputs costs more than the kernel on the few extra pixels.
+        key = ... if n == n_obs and 2 * n >= sel.size else sel
+        est = _estimate_sensor(spec, comp, key, sensor_id, partition)
         for v in spec.variables:
-            values[v][sel] = est.values[v]
+            values[v][key] = est.values[v]
             if v in est.uncertainty:  # a user's network set may lack uncertainty networks
-                unc[v][sel] = est.uncertainty[v]
-        domain[sel] = _as_flag(est.input_out_of_domain, spec.variables, n)
-        out_of_range[sel] = _as_flag(est.out_of_range, spec.variables, n)
+                unc[v][key] = est.uncertainty[v]
+        domain[key] = _as_flag(est.input_out_of_domain, spec.variables, est.values[spec.variables[0]].shape)
+        out_of_range[key] = _as_flag(est.out_of_range, spec.variables, est.values[spec.variables[0]].shape)
     return encode_block(spec, comp, values, unc, domain, out_of_range, inside, partition)
 
 

@@ -183,12 +183,18 @@ def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool
 
 
 def scaled(ref: AssetRef, raw: np.ndarray, has_data: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """DN → physical values, NaN where there is no data. 8/16-bit DN go through one table look-up instead of
-    convert-multiply-add-round passes over the block."""
+    """DN → physical values, NaN where there is no data."""
+    out = physical(ref, raw, np.empty(raw.shape, dtype))
+    out[~has_data] = np.nan
+    return out
+
+
+def physical(ref: AssetRef, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """DN → physical values into ``out`` (nodata DN included: mask them apart). 8/16-bit DN go through one table
+    look-up instead of convert-multiply-add-round passes over the block."""
     if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2:
         index = raw.astype(np.intp) - np.iinfo(raw.dtype).min if raw.dtype.kind == "i" else raw
-        out = _lut(ref, raw.dtype, dtype).take(index)
-    else:
-        out = (raw.astype(np.float64) * ref.scale + ref.offset).astype(dtype)
-    out[~has_data] = np.nan
+        # indices are in range by construction; mode "raise" would buffer the output
+        return _lut(ref, raw.dtype, out.dtype.name).take(index, out=out, mode="clip")
+    np.copyto(out, raw.astype(np.float64) * ref.scale + ref.offset, casting="unsafe")
     return out

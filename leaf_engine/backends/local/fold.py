@@ -1,0 +1,120 @@
+"""Fold one scene's observation into a block's best-pixel composite, in one compiled pass over the pixels.
+
+The rules are those of :func:`leaf_engine.composite.score` and of ``masks.reflectance_invalid`` /
+``masks.water_invalid``, evaluated per pixel with the same float32 arithmetic (thresholds rounded to float32 as
+numpy compares a float32 array with a Python float; no fused multiply-add), so the composite is bit for bit the
+one the numpy formulation gives (``tests/test_local_fold.py``). In numpy they were a dozen passes over the block
+with their temporaries, about as costly as the rest of the block's work besides warping together.
+
+Compiled once at set-up with the SL2P kernel (``python -m leaf_engine.sl2p.kernel --compile``) and cached on disk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from ... import composite
+from ...sensors import VALID_REFLECTANCE, WATER_TEST
+
+
+@dataclass(frozen=True)
+class FoldRule:
+    """What one scene's observation is judged by: band positions in its reflectance stack and its score term."""
+
+    red: int
+    nir: int
+    water_green: int
+    """Position of the water test's green band, or −1 when the scene's quality layers flag water."""
+    water_nir: int
+    scene_term: float
+    """The score's date and cloud terms (:func:`composite.scene_term`)."""
+
+
+CHUNK = 2048
+"""Pixels per pass of each loop: the chunk's bands and masks stay in cache, every loop is a simple one over pixels
+that LLVM vectorises (selects, no branches)."""
+
+
+@njit(cache=True, error_model="numpy")
+def _fold(bands, clear, red, nir, wgreen, wnir, lo, hi, wthr, w_spec, term, angles, angle_values, doy, code,
+          c_score, c_bands, c_angles, c_doy, c_code):  # pragma: no cover - compiled
+    n_bands, npix = bands.shape
+    ok = np.empty(CHUNK, np.bool_)
+    for s in range(0, npix, CHUNK):
+        m = min(CHUNK, npix - s)
+        cl = clear[s:s + m]  # views indexed from 0: ``x[s + p]`` would be gathered lane by lane
+        for p in range(m):
+            ok[p] = cl[p]
+        for b in range(n_bands):  # masks.reflectance_invalid: NaN fails both comparisons
+            v = bands[b, s:s + m]
+            for p in range(m):
+                ok[p] &= (v[p] >= lo) & (v[p] <= hi)
+        if wgreen >= 0:  # masks.water_invalid
+            g = bands[wgreen, s:s + m]
+            n = bands[wnir, s:s + m]
+            for p in range(m):
+                ok[p] &= not ((g[p] - n[p]) / (g[p] + n[p]) > wthr)
+        rd = bands[red, s:s + m]
+        nr = bands[nir, s:s + m]
+        sc = c_score[s:s + m]
+        for p in range(m):  # composite.score; ties keep the earlier scene
+            total = nr[p] + rd[p]
+            ndvi = (nr[p] - rd[p]) / total
+            ndvi = ndvi if total != np.float32(0.0) else np.float32(0.0)
+            spectral = min(max(ndvi, np.float32(0.0)), np.float32(1.0))
+            score = w_spec * spectral + term  # float32, as composite.score
+            ok[p] &= score > sc[p]
+            sc[p] = score if ok[p] else sc[p]
+        for b in range(n_bands):
+            v = bands[b, s:s + m]
+            cb = c_bands[b, s:s + m]
+            for p in range(m):
+                cb[p] = v[p] if ok[p] else cb[p]
+        for a in range(3):
+            ca = c_angles[a, s:s + m]
+            if angles.shape[1] == 0:
+                va = angle_values[a]
+                for p in range(m):
+                    ca[p] = va if ok[p] else ca[p]
+            else:
+                av = angles[a, s:s + m]
+                for p in range(m):
+                    ca[p] = av[p] if ok[p] else ca[p]
+        cd = c_doy[s:s + m]
+        cc = c_code[s:s + m]
+        for p in range(m):
+            cd[p] = doy if ok[p] else cd[p]
+            cc[p] = code if ok[p] else cc[p]
+
+
+def fold(comp, bands: np.ndarray, clear: np.ndarray, rule: FoldRule,  # type: ignore[no-untyped-def]
+         angles: tuple[np.ndarray | float, ...], doy: int, code: int) -> None:
+    """Update ``comp`` (a ``pipeline.Composite``) in place where the observation is valid and scores higher:
+    ``bands`` float32 [n, h, w] in the scene's band order, ``clear`` the pixels its data and quality layers
+    allow, ``angles`` cos(VZA), cos(SZA), cos(RAA) (per pixel, or one value each)."""
+    f32 = np.float32
+    npix = clear.size
+    per_pixel = any(np.ndim(a) for a in angles)
+    stack = np.stack([np.broadcast_to(np.asarray(a, f32), clear.shape).reshape(npix) for a in angles]) \
+        if per_pixel else np.zeros((3, 0), f32)
+    _fold(np.ascontiguousarray(bands, f32).reshape(len(bands), npix), np.ascontiguousarray(clear).reshape(npix),
+          rule.red, rule.nir, rule.water_green, rule.water_nir, f32(VALID_REFLECTANCE[0]),
+          f32(VALID_REFLECTANCE[1]), f32(WATER_TEST.threshold), f32(composite.W_SPECTRAL), f32(rule.scene_term),
+          stack, np.array([0.0 if per_pixel else a for a in angles], f32), np.uint16(doy), np.uint8(code),
+          comp.score.reshape(npix), comp.bands.reshape(len(bands), npix), comp.angles.reshape(3, npix),
+          comp.doy.reshape(npix), comp.sensor_code.reshape(npix))
+
+
+def warm_up() -> float:
+    """Compile :func:`_fold` (or load it from numba's on-disk cache); seconds."""
+    from .pipeline import Composite
+
+    t0 = time.perf_counter()
+    comp = Composite.empty(2, (2, 2))
+    fold(comp, np.full((2, 2, 2), 0.3, np.float32), np.ones((2, 2), bool), FoldRule(0, 1, 0, 1, 0.5),
+         (1.0, np.ones((2, 2), np.float32), 1.0), 1, 1)
+    return time.perf_counter() - t0
