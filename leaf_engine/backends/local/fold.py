@@ -39,7 +39,7 @@ CHUNK = 2048
 that LLVM vectorises (selects, no branches)."""
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")  # nogil: the other block threads run Python meanwhile
 def _fold(bands, clear, red, nir, wgreen, wnir, lo, hi, wthr, w_spec, term, angles, angle_values, doy, code,
           c_score, c_bands, c_angles, c_doy, c_code):  # pragma: no cover - compiled
     n_bands, npix = bands.shape
