@@ -379,6 +379,17 @@ def test_the_granule_metadata_read_is_retried(served, monkeypatch):
     assert log.errors == {503: 1, 429: 1}
 
 
+def test_the_granule_metadata_is_read_once_whatever_its_signature(served):
+    """Planetary Computer signs each search's hrefs anew (a SAS token in the query): one file, one read."""
+    item = served["items"]["S2A_MSIL2A_20190101T000001_R116_T60VUK_20201007T214652"].clone()
+    with flaky_proxy(served["url"]) as (url, log):
+        for token in ("st=2024-01-01&sig=a", "st=2024-01-02&sig=b", "st=2024-01-02&sig=b#x"):
+            item.assets["granule-metadata"].href = f"{url}/{GRANULE_XML}?{token}"
+            scene = scene_from_item(item, SENSORS["S2_SR"])
+            assert (scene.view_zenith, scene.view_azimuth) == (GRANULE_VZA, GRANULE_VAA)
+    assert [path for _, path, _ in log.requests] == [f"/{GRANULE_XML}?st=2024-01-01&sig=a"]
+
+
 @pytest.mark.parametrize("name,code", [("S2A_13TDE_20231008_0_L2A", 21), ("LC08_L2SP_033032_20231008_02_T1", 8)])
 def test_produce_through_the_api_on_published_items(served, tmp_path, name, code):
     """A request over the published item's footprint, searched in its catalogue's API: the outputs carry the

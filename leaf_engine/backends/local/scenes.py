@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import pystac
 import shapely
@@ -254,7 +254,7 @@ def _granule_view_angles(item: pystac.Item) -> tuple[float, float] | None:
         return None
     href = item.assets[key].get_absolute_href() or item.assets[key].href
     try:
-        return _read_granule_view_angles(href)
+        return _granule_view_angles_cached(href)
     except Exception as e:  # network, XML and missing-element errors alike
         raise SceneError(f"item {item.id!r}: cannot take the view angles from asset {key!r} ({href}): {e}. The "
                          f"item has no mean incidence angles in its properties, so its granule metadata must give "
@@ -262,7 +262,21 @@ def _granule_view_angles(item: pystac.Item) -> tuple[float, float] | None:
                          "s2:mean_incidence_zenith_angle_b8a / _azimuth_angle_b8a to the item") from e
 
 
-@lru_cache(maxsize=1024)
+_GRANULE_ANGLES: dict[str, tuple[float, float]] = {}
+"""B8A view angles per granule metadata file, keyed by its href without query or fragment: Planetary Computer
+signs every search's hrefs anew (a SAS token in the query), and the token is not the file."""
+_GRANULE_ANGLES_MAX = 4096
+
+
+def _granule_view_angles_cached(href: str) -> tuple[float, float]:
+    key = urlsplit(href)._replace(query="", fragment="").geturl()
+    if key not in _GRANULE_ANGLES:
+        if len(_GRANULE_ANGLES) >= _GRANULE_ANGLES_MAX:  # bounded: a national run sees tens of thousands
+            _GRANULE_ANGLES.clear()
+        _GRANULE_ANGLES[key] = _read_granule_view_angles(href)
+    return _GRANULE_ANGLES[key]
+
+
 def _read_granule_view_angles(href: str) -> tuple[float, float]:
     if href.startswith(("http://", "https://")):  # with the STAC API's retries (429, 5xx, connection errors)
         from .stac_api import api_io  # here: stac_api imports this module
