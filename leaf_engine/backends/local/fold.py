@@ -4,9 +4,9 @@ The rules are those of :func:`leaf_engine.composite.score` and of ``masks.reflec
 ``masks.water_invalid``, evaluated per pixel with the same float32 arithmetic (thresholds rounded to float32 as
 numpy compares a float32 array with a Python float; no fused multiply-add), so the composite is bit for bit the
 one the numpy formulation gives (``tests/test_local_fold.py``). In numpy they were a dozen passes over the block
-with their temporaries, about as costly as the rest of the block's work besides warping together.
+with their temporaries: about 40 % of a block's work besides warping.
 
-Compiled once at set-up with the SL2P kernel (``python -m leaf_engine.sl2p.kernel --compile``) and cached on disk.
+Compiled once at set-up with the SL2P kernel (``python -m leaf_engine.compiled``) and cached on disk.
 """
 
 from __future__ import annotations
