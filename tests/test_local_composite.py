@@ -3,9 +3,11 @@ earliest, 1-based day of year in the Date band, no-observation pixels flagged in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import numpy as np
+import pytest
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
@@ -87,6 +89,27 @@ def test_no_clear_observation_is_nodata_with_invalid_qc(tmp_path):
     qc = products.qc_fields(out["QC"])
     assert qc["invalid"].ravel()[1:].all() and not qc["invalid"][0, 0]
     assert (qc["sensor_code"] == S2.qc_code).all()  # sensor code written everywhere inside the region
+
+
+@pytest.mark.parametrize("products_", [("LAI", "fCOVER", "QC", "Date"), ("LAI", "LAIunc", "fAPAR", "QC")])
+def test_sl2p_on_the_whole_block_equals_sl2p_on_the_observed_pixels(tmp_path, monkeypatch, products_):
+    """The whole-block shortcut (views, unobserved pixels computed and masked) gives the same products as
+    gathering the observed pixels only."""
+    from leaf_engine.backends.local import pipeline
+
+    scl = np.full((20, 20), SCL_VEGETATION)
+    scl[:3, :7] = SCL_CLOUD  # 21 of 400 pixels without a clear observation
+    s = _scene(tmp_path, "partly", datetime(2019, 7, 16, tzinfo=UTC), VEGETATION, scl)
+    spec = replace(_spec([s], products_), uncertainty="LAIunc" in products_)
+    monkeypatch.setattr(pipeline, "WHOLE_BLOCK_SHARE", 0.0)
+    whole = process_block(spec, GBOX)
+    monkeypatch.setattr(pipeline, "WHOLE_BLOCK_SHARE", 2.0)  # never: always gather
+    gathered = process_block(spec, GBOX)
+    for name in products_:
+        np.testing.assert_array_equal(whole[name], gathered[name], err_msg=name)
+    assert (whole["LAI"][:3, :7] == products.product("LAI").nodata).all() and (whole["LAI"][3:] != 255).all()
+    assert products.qc_fields(whole["QC"])["invalid"][:3, :7].all()
+    assert not products.qc_fields(whole["QC"])["domain"][:3, :7].any()  # NaN inputs: no domain flag shows
 
 
 def test_per_pixel_angle_assets_are_used(tmp_path):

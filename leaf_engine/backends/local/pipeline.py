@@ -25,6 +25,10 @@ from .reading import physical, read_many, read_scaled, read_warped
 from .scenes import AssetRef, Scene
 
 _NO_SCORE = np.float32(-np.inf)
+WHOLE_BLOCK_SHARE = 0.5
+"""SL2P runs on views of the whole block when one sensor has every observation of a block that is at least this
+much observed: the kernel on the few unobserved pixels (NaN inputs, NaN outputs, their flags masked by
+encode_block) costs less than gathering 11 inputs and scattering 8 outputs."""
 
 
 @dataclass(frozen=True)
@@ -202,10 +206,7 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
         n = int(sel.sum())
         if n == 0:
             continue
-        # Where this sensor has every observation of a mostly observed block, the whole block is one pass over
-        # views (pixels without one have NaN inputs, hence NaN outputs, and encode_block masks their flags):
-        # gathering and scattering 11 inputs and 8 outputs costs more than the kernel on the few extra pixels.
-        key = ... if n == n_obs and 2 * n >= sel.size else sel
+        key = ... if n == n_obs and n >= WHOLE_BLOCK_SHARE * sel.size else sel  # ``...``: views of the block
         est = _estimate_sensor(spec, comp, key, sensor_id, partition)
         for v in spec.variables:
             values[v][key] = est.values[v]
