@@ -10,7 +10,8 @@ a STAC API (stac-fastapi, static backend; both on loopback, as in the tests), th
 
 * ``produce``: the request end to end (search, HTTP reads + warping, composite, SL2P, COG writing) with the blocks
   as tasks on the workers;
-* ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on the same workers.
+* ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on the same workers, as
+  the engine reads them (``reading.read_warped``, its per-thread pool of open sources included).
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
 process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
@@ -71,20 +72,21 @@ def _catalog(work: Path, files_url: str) -> Path:
 
 
 def _warp_block(shared, key):  # type: ignore[no-untyped-def]
+    """The engine's own read of each raster over HTTP (``reading.read_warped``: one warp per raster, the source
+    datasets kept open in the worker thread's pool between blocks, as ``produce`` reads them)."""
     import rasterio
-    from rasterio.vrt import WarpedVRT
 
     from leaf_engine.backends.local import stac_api
     from leaf_engine.backends.local.engine import GDAL_CACHE_BYTES
+    from leaf_engine.backends.local.reading import read_warped
+    from leaf_engine.backends.local.scenes import AssetRef
 
     hrefs, gbox = shared
     r, c, h, w = key
     sub = gbox[r:r + h, c:c + w]
     with rasterio.Env(**stac_api.gdal_env({"GDAL_CACHEMAX": GDAL_CACHE_BYTES})):
         for href in hrefs:
-            with rasterio.open(href) as src, WarpedVRT(src, crs=sub.crs.wkt, transform=sub.transform,
-                                                       width=sub.width, height=sub.height) as vrt:
-                vrt.read(1)
+            read_warped(AssetRef(href), sub)
     return key
 
 

@@ -7,7 +7,10 @@ window only, so memory follows the block size, never the scene or region size.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from xml.sax.saxutils import escape
@@ -63,10 +66,51 @@ def _inside_source(src: rasterio.DatasetReader, gbox: GeoBox) -> np.ndarray | No
     return geometry_mask([footprint], out_shape=(gbox.height, gbox.width), transform=gbox.transform, invert=True)
 
 
+OPEN_PER_THREAD = 64
+"""Source datasets each thread keeps open between reads. GDAL keeps a dataset's decoded tiles in its block cache
+only while the dataset is open: closed after every read, a source tile that several blocks overlap was decompressed
+(and, over HTTP, fetched) once per block."""
+
+_threads = threading.local()
+
+
+def _files_state(files: Sequence[str]) -> tuple[tuple[int, int] | None, ...]:
+    """Modification time and size of each local file: a file rewritten in place is reopened, never read from the
+    tiles of its earlier content. Remote assets (URLs, /vsi paths) are read as immutable, as archives publish them."""
+    state: list[tuple[int, int] | None] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            state.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            state.append(None)
+    return tuple(state)
+
+
+@contextmanager
+def _source(name: str, files: Sequence[str]) -> Iterator[rasterio.DatasetReader]:
+    """The open dataset ``name`` (a path, URL or VRT document over ``files``) from this thread's pool, least
+    recently used closed first; a read that fails closes it, so that a retry reopens it."""
+    pool: OrderedDict[tuple, rasterio.DatasetReader] = getattr(_threads, "pool", None) or OrderedDict()
+    _threads.pool = pool
+    key = (name, _files_state(files))
+    src = pool.pop(key, None)
+    if src is None or src.closed:
+        src = rasterio.open(name)
+        while len(pool) >= OPEN_PER_THREAD:
+            pool.popitem(last=False)[1].close()
+    try:
+        yield src
+    except BaseException:
+        src.close()
+        raise
+    pool[key] = src
+
+
 def read_warped(ref: AssetRef, gbox: GeoBox, *, categorical: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The asset's first band on ``gbox`` as raw DN, and a boolean 'has data' array (False off the scene and on
     nodata)."""
-    with rasterio.open(ref.href) as src:
+    with _source(ref.href, [ref.href]) as src:
         fill = fill_value(src.dtypes[0], ref.nodata if ref.nodata is not None else src.nodata)
         resampling = _resampling(src, gbox, categorical)
         # Averaging (e.g. 10 m → 20 m) works in float64: in the integer DN type GDAL would round each mean to a
@@ -172,7 +216,8 @@ def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool
         if len(members) == 1:
             out[members[0]] = read_warped(refs[members[0]], gbox, categorical=categorical[members[0]])
             continue
-        with rasterio.open(_stack_vrt([refs[i].href for i in members], grid)) as src, \
+        hrefs = [refs[i].href for i in members]
+        with _source(_stack_vrt(hrefs, grid), hrefs) as src, \
                 WarpedVRT(src, crs=gbox.crs.wkt, transform=gbox.transform, width=gbox.width, height=gbox.height,
                           resampling=Resampling.nearest, src_nodata=grid.fill, nodata=grid.fill) as vrt:
             data = vrt.read()
