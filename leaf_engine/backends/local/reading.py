@@ -1,7 +1,8 @@
 """Read scene assets warped into a target pixel grid (a job's geobox or one block of it).
 
-Each read opens the asset, wraps it in a GDAL warped VRT on the block's CRS/transform/shape and reads that
-window only, so memory follows the block size, never the scene or region size.
+Each read takes the asset from the thread's pool of open datasets, wraps it in a GDAL warped VRT on the block's
+CRS/transform/shape and reads that window only: the arrays follow the block size, never the scene or region size,
+and the source tiles GDAL decoded stay in its block cache (capped by ``GDAL_CACHEMAX``) for the next blocks.
 """
 
 from __future__ import annotations
