@@ -212,8 +212,9 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
             values[v][key] = est.values[v]
             if v in est.uncertainty:  # a user's network set may lack uncertainty networks
                 unc[v][key] = est.uncertainty[v]
-        domain[key] = _as_flag(est.input_out_of_domain, spec.variables, est.values[spec.variables[0]].shape)
-        out_of_range[key] = _as_flag(est.out_of_range, spec.variables, est.values[spec.variables[0]].shape)
+        picked = est.values[spec.variables[0]].shape
+        domain[key] = _as_flag(est.input_out_of_domain, spec.variables, picked)
+        out_of_range[key] = _as_flag(est.out_of_range, spec.variables, picked)
     return encode_block(spec, comp, values, unc, domain, out_of_range, inside, partition)
 
 

@@ -28,7 +28,7 @@ from .quicklook import MAX_SIDE, Preview
 INTERNAL_TILE = 512
 DEFLATE_LEVEL = 1
 """libdeflate's level 1: on our 8-bit maps (noisy estimates, smooth class maps) within 1 % of level 6's size in
-all (the estimates even a little smaller, QC/Date 5–25 % larger), for 40–60 % less CPU; DEFLATE was the largest
+all (the estimates even a little smaller, QC/Date 5–25 % larger), for 35–60 % less CPU; DEFLATE was the largest
 cost of the local engine after warping."""
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "LEVEL": str(DEFLATE_LEVEL), "PREDICTOR": "2", "BLOCKSIZE": str(INTERNAL_TILE),
                "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO"}
