@@ -26,11 +26,13 @@ reads the blocks of all N jobs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,10 +75,12 @@ def _catalog(work: Path, files_url: str) -> Path:
 
 def _warp_block(shared, key):  # type: ignore[no-untyped-def]
     """The engine's own read of each raster over HTTP (``reading.read_warped``: one warp per raster, the source
-    datasets kept open in the worker thread's pool between blocks, as ``produce`` reads them)."""
+    datasets kept open in the worker thread's pool between blocks, and the allocator set as for ``produce``'s
+    blocks)."""
     import rasterio
 
     from leaf_engine.backends.local import stac_api
+    from leaf_engine.backends.local.allocator import reuse_block_arrays
     from leaf_engine.backends.local.engine import GDAL_CACHE_BYTES
     from leaf_engine.backends.local.reading import read_warped
     from leaf_engine.backends.local.scenes import AssetRef
@@ -84,6 +88,7 @@ def _warp_block(shared, key):  # type: ignore[no-untyped-def]
     hrefs, gbox = shared
     r, c, h, w = key
     sub = gbox[r:r + h, c:c + w]
+    reuse_block_arrays()  # as produce's blocks do
     with rasterio.Env(**stac_api.gdal_env({"GDAL_CACHEMAX": GDAL_CACHE_BYTES})):
         for href in hrefs:
             read_warped(AssetRef(href), sub)
@@ -103,10 +108,23 @@ def _windows(req_doc: dict, n_jobs: int) -> dict:
     return doc
 
 
-def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1) -> dict:
+@contextlib.contextmanager
+def _cluster(n_workers: int) -> Iterator:
+    """A fresh LocalCluster of ``n_workers`` processes (1 thread each) and its client, the compiled functions
+    already loaded in every worker (numba's cache: a process cost, outside the timing)."""
     import distributed
 
     from leaf_engine import compiled
+
+    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        client.run(compiled.warm_up)
+        yield client
+
+
+def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1) -> dict:
+    import distributed
+
     from leaf_engine.backends.local import produce
     from leaf_engine.backends.local.engine import blocks
     from leaf_engine.backends.local.executors import DaskExecutor
@@ -119,26 +137,30 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
     gbox = job.geobox()
     res: dict = {"workers": n_workers, "jobs": len(jobs), "open_jobs": open_jobs,
                  "pixels": gbox.width * gbox.height * len(jobs)}
-    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        client.run(compiled.warm_up)  # load the compiled functions outside the timing (numba cache)
-        t0, c0 = time.perf_counter(), time.process_time()
+    # Each phase gets a cluster of its own: worker processes keep their source datasets open, with GDAL's block
+    # cache of decoded tiles, so a warp-only run on produce's workers would read what produce already fetched.
+    with _cluster(n_workers) as client:
+        t0, c0, w0 = time.perf_counter(), time.process_time(), time.time()
         with distributed.get_task_stream(client) as stream:
             produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK,
                     open_jobs=open_jobs)
         res["produce_s"] = time.perf_counter() - t0
         # Share of the run's wall time × worker threads spent computing blocks: the rest is workers waiting for
         # the client (scene search, COG conversion, storing) or for their blocks' data.
-        busy = sum(s["stop"] - s["start"] for task in stream.data for s in task["startstops"]
-                   if s["action"] == "compute")
+        computes = [s for task in stream.data for s in task["startstops"] if s["action"] == "compute"]
+        busy = sum(s["stop"] - s["start"] for s in computes)
         res["workers_busy"] = round(busy / (res["produce_s"] * n_workers), 2)
+        # The serial head (search, job set-up, until the first block starts) and tail (after the last block:
+        # the COG assembly and storing), on the task stream's clock.
+        res["head_s"] = round(min(s["start"] for s in computes) - w0, 2)
+        res["tail_s"] = round(w0 + res["produce_s"] - max(s["stop"] for s in computes), 2)
         res["client_cpu_s"] = round(time.process_time() - c0, 1)
         res["worker_peak_rss_mb"] = sorted(round(v, 1) for v in client.run(_rss_mb).values())
-        hrefs = [a.href for it in search_items(api, req.sensor, job.region.geometry, job.start, job.end)
-                 for a in it.assets.values()]
-        ex = DaskExecutor(client)
+    hrefs = [a.href for it in search_items(api, req.sensor, job.region.geometry, job.start, job.end)
+             for a in it.assets.values()]
+    with _cluster(n_workers) as client:
         t0 = time.perf_counter()
-        for _ in ex.map_unordered(_warp_block, (hrefs, gbox), blocks(gbox, BLOCK) * len(jobs)):
+        for _ in DaskExecutor(client).map_unordered(_warp_block, (hrefs, gbox), blocks(gbox, BLOCK) * len(jobs)):
             pass
         res["warp_s"] = time.perf_counter() - t0
     res["mpix_per_s"] = round(res["pixels"] / res["produce_s"] / 1e6, 3)
@@ -184,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{size}² px × {r['jobs']} job(s), open {r['open_jobs']}, {r['workers']} worker(s): "
                           f"{r['produce_s']:6.1f} s  {r['mpix_per_s']:6.2f} Mpx/s  warp-only {r['warp_s']:6.1f} s  "
                           f"ratio {r['end_to_end_over_warp']:.2f}  workers busy {r['workers_busy']:.0%}  "
+                          f"head {r['head_s']} s  tail {r['tail_s']} s  "
                           f"worker peak RSS {r['worker_peak_rss_mb']} MB  "
                           f"client {r['client_peak_rss_mb']} MB, {r['client_cpu_s']} CPU s", flush=True)
                 for k in open_jobs:

@@ -25,6 +25,7 @@ from ...grid import lonlat_to
 from ...sensors import members
 from ...sl2p import load_network_set
 from . import stac_api
+from .allocator import reuse_block_arrays
 from .executors import BlockExecutor, make_executor
 from .masks import describe_masks
 from .pipeline import JobSpec, process_block
@@ -111,6 +112,7 @@ def job_spec(req: ProductionRequest, job: Job, scenes: list[Scene], gbox: GeoBox
 def _run_block(shared: tuple[JobSpec, GeoBox], key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
     spec, gbox = shared
     r, c, h, w = key
+    reuse_block_arrays()  # a Dask worker's environment maps each array of a block anew (allocator.py)
     # set here, not only around produce(): a Dask worker process has its own GDAL configuration
     with rasterio.Env(**stac_api.gdal_env({"GDAL_CACHEMAX": GDAL_CACHE_BYTES})):
         return process_block(spec, gbox[r:r + h, c:c + w])
