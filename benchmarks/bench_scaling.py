@@ -10,8 +10,8 @@ a STAC API (stac-fastapi, static backend; both on loopback, as in the tests), th
 
 * ``produce``: the request end to end (search, HTTP reads + warping, composite, SL2P, COG writing) with the blocks
   as tasks on the workers;
-* ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on the same workers, as
-  the engine reads them (``reading.read_warped``, its per-thread pool of open sources included).
+* ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on as many fresh workers,
+  as the engine reads them (``reading.read_many`` per scene, its per-thread pool of open sources included).
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
 process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
@@ -74,24 +74,24 @@ def _catalog(work: Path, files_url: str) -> Path:
 
 
 def _warp_block(shared, key):  # type: ignore[no-untyped-def]
-    """The engine's own read of each raster over HTTP (``reading.read_warped``: one warp per raster, the source
-    datasets kept open in the worker thread's pool between blocks, and the allocator set as for ``produce``'s
-    blocks)."""
+    """The engine's own read of each scene over HTTP (``reading.read_many`` on the scene's bands and quality
+    layers, as ``pipeline.add_scene`` calls it: co-gridded rasters in one warp pass, the source datasets kept
+    open in the worker thread's pool between blocks, and the allocator set as for ``produce``'s blocks)."""
     import rasterio
 
     from leaf_engine.backends.local import stac_api
     from leaf_engine.backends.local.allocator import reuse_block_arrays
     from leaf_engine.backends.local.engine import GDAL_CACHE_BYTES
-    from leaf_engine.backends.local.reading import read_warped
-    from leaf_engine.backends.local.scenes import AssetRef
+    from leaf_engine.backends.local.reading import read_many
 
-    hrefs, gbox = shared
+    scenes, gbox = shared
     r, c, h, w = key
     sub = gbox[r:r + h, c:c + w]
-    reuse_block_arrays()  # as produce's blocks do
+    reuse_block_arrays()
     with rasterio.Env(**stac_api.gdal_env({"GDAL_CACHEMAX": GDAL_CACHE_BYTES})):
-        for href in hrefs:
-            read_warped(AssetRef(href), sub)
+        for scene in scenes:
+            refs, layers = list(scene.bands.values()), [ref for _, ref in scene.quality]
+            read_many([*refs, *layers], sub, [False] * len(refs) + [True] * len(layers))
     return key
 
 
@@ -128,8 +128,10 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
     from leaf_engine.backends.local import produce
     from leaf_engine.backends.local.engine import blocks
     from leaf_engine.backends.local.executors import DaskExecutor
-    from leaf_engine.backends.local.stac_api import search_items
+    from leaf_engine.backends.local.stac_api import discover
     from leaf_engine.request import parse_request
+    from leaf_engine.sensors import members
+    from leaf_engine.sl2p import load_network_set
 
     req = parse_request({**req_doc, "scenes": api})
     jobs = req.jobs()
@@ -156,11 +158,11 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
         res["tail_s"] = round(w0 + res["produce_s"] - max(s["stop"] for s in computes), 2)
         res["client_cpu_s"] = round(time.process_time() - c0, 1)
         res["worker_peak_rss_mb"] = sorted(round(v, 1) for v in client.run(_rss_mb).values())
-    hrefs = [a.href for it in search_items(api, req.sensor, job.region.geometry, job.start, job.end)
-             for a in it.assets.values()]
+    scenes = discover(api, req.sensor, job.region.geometry, job.start, job.end,
+                      inputs={s.id: load_network_set(req.network_set(s.id)).inputs for s in members(req.sensor)})
     with _cluster(n_workers) as client:
         t0 = time.perf_counter()
-        for _ in DaskExecutor(client).map_unordered(_warp_block, (hrefs, gbox), blocks(gbox, BLOCK) * len(jobs)):
+        for _ in DaskExecutor(client).map_unordered(_warp_block, (scenes, gbox), blocks(gbox, BLOCK) * len(jobs)):
             pass
         res["warp_s"] = time.perf_counter() - t0
     res["mpix_per_s"] = round(res["pixels"] / res["produce_s"] / 1e6, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -140,28 +141,44 @@ def test_relative_asset_hrefs_of_an_item_collection(tmp_path):
     assert has.all() and np.allclose(values, VEGETATION["green"], atol=1e-6)
 
 
-def test_stacked_reads_equal_separate_reads(tmp_path):
-    """Bands warped together in one pass give exactly the values of one pass per band, nodata included."""
+@pytest.mark.parametrize("served", ["file", "http"])
+def test_stacked_reads_equal_separate_reads(tmp_path, served):
+    """Bands warped together in one pass give exactly the values of one pass per band, nodata included, from
+    local files and over HTTP (range requests) alike."""
+    import contextlib
+    import dataclasses
+
     from affine import Affine
 
+    from leaf_engine.backends.local import reading
     from leaf_engine.backends.local.reading import read_many, read_warped
+    from tests.support.stac_api_server import serve_files
 
     rng = np.random.default_rng(1)
     refl = {k: rng.uniform(0.0, 0.5, (20, 20)) for k in VEGETATION}
     item = make_item(tmp_path, "s", "S2_SR", WHEN, refl, quality=rng.integers(0, 12, (20, 20)).astype(np.uint8))
     scene = scene_from_item(item, SENSORS["S2_SR"])
     refs = [*scene.bands.values(), scene.mask]
-    # Another CRS (web mercator: rotated and scaled against UTM), finer pixels, partly off the scene.
-    from pyproj import Transformer
+    files = [Path(r.href).resolve() for r in refs]
+    with contextlib.ExitStack() as stack:
+        if served == "http":
+            url = stack.enter_context(serve_files(tmp_path, str(files[0].relative_to(tmp_path))))
+            refs = [dataclasses.replace(r, href=f"{url}/{f.relative_to(tmp_path)}") for r, f in zip(refs, files,
+                                                                                                     strict=True)]
+        # Another CRS (web mercator: rotated and scaled against UTM), finer pixels, partly off the scene.
+        from pyproj import Transformer
 
-    x, y = Transformer.from_crs("EPSG:32631", "EPSG:3857", always_xy=True).transform(360100, 4840200)
-    target = GeoBox((40, 40), Affine(15, 0, x, 0, -15, y), "EPSG:3857")
-    together = read_many(refs, target, [False] * 8 + [True])
-    for ref, cat, (raw, has) in zip(refs, [False] * 8 + [True], together, strict=True):
-        raw1, has1 = read_warped(ref, target, categorical=cat)
-        np.testing.assert_array_equal(raw, raw1)
-        np.testing.assert_array_equal(has, has1)
-    assert not together[0][1].all() and together[0][1].any()
+        x, y = Transformer.from_crs("EPSG:32631", "EPSG:3857", always_xy=True).transform(360100, 4840200)
+        target = GeoBox((40, 40), Affine(15, 0, x, 0, -15, y), "EPSG:3857")
+        together = read_many(refs, target, [False] * 8 + [True])
+        stacked = [k[0] for k in reading._threads.pool if k[0].startswith("<VRTDataset")]
+        assert stacked, "the co-gridded bands were not warped in one pass"
+        assert ("/vsicurl/http://" in stacked[-1]) == (served == "http")
+        for ref, cat, (raw, has) in zip(refs, [False] * 8 + [True], together, strict=True):
+            raw1, has1 = read_warped(ref, target, categorical=cat)
+            np.testing.assert_array_equal(raw, raw1)
+            np.testing.assert_array_equal(has, has1)
+        assert not together[0][1].all() and together[0][1].any()
 
 
 def test_s2_baseline_4_offset_applies_when_raster_bands_give_only_a_scale(tmp_path):

@@ -169,30 +169,34 @@ class _Grid:
 
 
 @lru_cache(maxsize=4096)
-def _grid_of(href: str, declared_nodata: float | None) -> _Grid:
+def _grid_of(href: str, declared_nodata: float | None) -> tuple[_Grid, str]:
+    """The asset's grid and the name GDAL opened it by (``/vsicurl/…`` for a URL, the absolute path of a file)."""
     with rasterio.open(href) as src:
         fill = fill_value(src.dtypes[0], declared_nodata if declared_nodata is not None else src.nodata)
-        return _Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height, src.dtypes[0], fill,
-                     bool(src.crs.is_projected))
+        name = src.files[0] if src.files else href
+        return (_Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height, src.dtypes[0], fill,
+                      bool(src.crs.is_projected)),
+                name if name.startswith("/vsi") else os.path.abspath(name))
 
 
-def _stack_vrt(hrefs: Sequence[str], grid: _Grid) -> str:
+def _stack_vrt(names: Sequence[str], grid: _Grid) -> str:
     """An in-memory VRT holding each (single-band) file as one band, all on the same grid."""
     t = grid.transform
     bands = "".join(
         f'<VRTRasterBand dataType="{_GDAL_TYPES[grid.dtype]}" band="{i + 1}"><SimpleSource>'
-        f'<SourceFilename relativeToVRT="0">{escape(os.path.abspath(h))}</SourceFilename>'
+        f'<SourceFilename relativeToVRT="0">{escape(n)}</SourceFilename>'
         f"<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
-        for i, h in enumerate(hrefs))
+        for i, n in enumerate(names))
     return (f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}"><SRS>{escape(grid.crs_wkt)}</SRS>'
             f"<GeoTransform>{t[2]!r},{t[0]!r},{t[1]!r},{t[5]!r},{t[3]!r},{t[4]!r}</GeoTransform>{bands}</VRTDataset>")
 
 
 def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> _Grid | None:
-    """The asset's grid when it can share a warp pass: a local file read with nearest neighbour."""
-    if "://" in ref.href or not os.path.isfile(ref.href):
+    """The asset's grid when it can share a warp pass: a file or URL (not another GDAL dataset name) read with
+    nearest neighbour."""
+    if "://" not in ref.href and not os.path.isfile(ref.href):
         return None
-    grid = _grid_of(ref.href, ref.nodata)
+    grid = _grid_of(ref.href, ref.nodata)[0]
     coarsening = grid.projected == gbox.crs.proj.is_projected and \
         abs(gbox.resolution.x) > _COARSENING * abs(grid.transform[0])
     if grid.dtype not in _GDAL_TYPES or (coarsening and not categorical):
@@ -202,7 +206,7 @@ def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> _Grid | None:
 
 def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool]
               ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Like :func:`read_warped` for several assets. Local single-band files on one grid, read with nearest
+    """Like :func:`read_warped` for several assets. Single-band files or URLs on one grid, read with nearest
     neighbour and sharing a nodata value, are warped in a single pass (the coordinate transformation is computed
     once, not once per band); pixel values are identical to separate reads."""
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(refs)
@@ -218,7 +222,8 @@ def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool
             out[members[0]] = read_warped(refs[members[0]], gbox, categorical=categorical[members[0]])
             continue
         hrefs = [refs[i].href for i in members]
-        with _source(_stack_vrt(hrefs, grid), hrefs) as src, \
+        names = [_grid_of(refs[i].href, refs[i].nodata)[1] for i in members]
+        with _source(_stack_vrt(names, grid), hrefs) as src, \
                 WarpedVRT(src, crs=gbox.crs.wkt, transform=gbox.transform, width=gbox.width, height=gbox.height,
                           resampling=Resampling.nearest, src_nodata=grid.fill, nodata=grid.fill) as vrt:
             data = vrt.read()
