@@ -143,3 +143,20 @@ def test_ndvi_is_zero_where_undefined_as_in_earth_engine():
     red = np.array([-0.002, 0.0, 0.1], np.float32)
     nir = np.array([0.002, 0.0, 0.3], np.float32)
     np.testing.assert_allclose(composite.ndvi(red, nir), [0.0, 0.0, 0.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("origin", [(0, 0), (100, -100), (300, -300), (700, -700), (1000, -1000), (-50, 50)])
+def test_region_mask_of_a_block_equals_the_rasterized_polygon(origin):
+    """Blocks inside the region polygon (one sharing its edge), straddling it and outside it: the shortcut for
+    blocks the polygon contains gives the pixel-centre rasterization's answer."""
+    from types import SimpleNamespace
+
+    import shapely
+    from rasterio.features import geometry_mask
+
+    from leaf_engine.backends.local.pipeline import _inside_region
+
+    region = shapely.Polygon([(0, 0), (900, 0), (900, -600), (450, -900), (0, -900)])
+    gbox = GeoBox((20, 20), Affine(10, 0, origin[0], 0, -10, origin[1]), "EPSG:3979")
+    expected = geometry_mask([region], out_shape=(20, 20), transform=gbox.transform, invert=True)
+    np.testing.assert_array_equal(_inside_region(SimpleNamespace(region=region), gbox), expected)

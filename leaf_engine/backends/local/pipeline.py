@@ -64,8 +64,11 @@ def _inside_region(spec: JobSpec, gbox: GeoBox) -> np.ndarray:
     shape = (gbox.height, gbox.width)
     if spec.region is None:
         return np.ones(shape, dtype=bool)
-    if not spec.region.intersects(shapely.box(*gbox.extent.boundingbox)):
+    box = shapely.box(*gbox.extent.boundingbox)
+    if not spec.region.intersects(box):
         return np.zeros(shape, dtype=bool)
+    if spec.region.contains(box):  # every pixel centre is inside: no need to rasterize the polygon
+        return np.ones(shape, dtype=bool)
     return geometry_mask([spec.region], out_shape=shape, transform=gbox.transform, invert=True)
 
 
