@@ -26,7 +26,7 @@ from tests.support.local_runs import (
     output_arrays,
     run_killing_a_worker,
 )
-from tests.support.stac_api_server import public_shape_catalog, serve_files, serve_stac_api
+from tests.support.stac_api_server import flaky_proxy, public_shape_catalog, serve_files, serve_stac_api
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,16 @@ def test_api_errors_are_typed_and_say_what_to_do(apis, monkeypatch):
                               date(2018, 2, 1))
     assert stac_api.is_stac_api("https://earth-search.aws.element84.com/v1")
     assert not stac_api.is_stac_api("https://example.org/catalog.json") and not stac_api.is_stac_api("x/c.json")
+
+
+def test_collections_are_checked_once_per_api_not_once_per_job(apis):
+    region = shapely.box(1.216, 43.639, 1.242, 43.66)
+    with flaky_proxy(apis["earth-search"]) as (url, log):
+        for month in (1, 2, 3):
+            stac_api.search_items(url, "S2_SR", region, date(2018, month, 1), date(2018, month, 28))
+    checks = [path for method, path, _ in log.requests if method == "GET" and path.startswith("/collections/")]
+    searches = [path for method, path, _ in log.requests if path.startswith("/search")]
+    assert checks == ["/collections/sentinel-2-l2a"] and len(searches) >= 3, log.requests
 
 
 @pytest.mark.parametrize("shape,name", [("earth-search", "bouconne-2018"), ("planetary-computer", "bouconne-2018"),

@@ -21,6 +21,7 @@ the tiles a block needs are fetched.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from typing import Any
@@ -168,13 +169,25 @@ def _search_geometry(region: shapely.Geometry) -> dict[str, Any]:
     return mapping(hull if shapely.get_num_coordinates(hull) <= SEARCH_HULL_VERTICES else region.envelope)
 
 
+_CHECKED: set[tuple[str, str]] = set()
+"""(API URL, collection id) pairs found to exist: checked once per process, not once per job (a national run
+searches the same collections for every tile and period)."""
+_CHECKED_LOCK = threading.Lock()
+
+
 def _check_collections(client: Any, url: str, wanted: list[str], request_sensor: str) -> None:
     """An API answers a search of an unknown collection with no items (pgstac does): name the missing one."""
     missing = []
     for cid in wanted:
+        with _CHECKED_LOCK:
+            if (url, cid) in _CHECKED:
+                continue
         found = client.get_collection(cid)
         if found is None or found.id != cid:  # pystac-client's fallback without /collections may return another
             missing.append(cid)
+        else:
+            with _CHECKED_LOCK:
+                _CHECKED.add((url, cid))
     if missing:
         known = sorted(c.id for c in client.get_collections())
         raise SceneError(f"the STAC API {url!r} has no collection {', '.join(map(repr, missing))} (searched for "
