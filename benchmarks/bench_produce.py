@@ -237,7 +237,7 @@ def phase_produce(req_path: Path, out: Path) -> dict:
 
     req = parse_request(req_path.read_text())
     t0 = time.perf_counter()
-    compiled.warm_up()  # load (or compile) the SL2P kernel and the composite fold: once per process
+    compiled.warm_up()  # load (or compile) the numba functions (kernel, fold, encoding): once per process
     kernel_load_s = time.perf_counter() - t0
     clock = _WriterClock()
     runs = []

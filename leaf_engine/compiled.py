@@ -10,13 +10,13 @@ from __future__ import annotations
 
 def warm_up() -> dict[str, float]:
     """Compile (or load from the cache) every compiled function; seconds per part."""
-    from .backends.local import fold
+    from .backends.local import encode, fold
     from .sl2p import kernel
 
-    return {"SL2P kernel": kernel.warm_up(), "composite fold": fold.warm_up()}
+    return {"SL2P kernel": kernel.warm_up(), "composite fold": fold.warm_up(), "DN encoding": encode.warm_up()}
 
 
 if __name__ == "__main__":  # python -m leaf_engine.compiled
-    print("compiling LEAF's numba functions once (the SL2P kernel, the composite fold; cached on disk) ...",
-          flush=True)
+    print("compiling LEAF's numba functions once (the SL2P kernel, the composite fold, the DN encoding; cached on "
+          "disk) ...", flush=True)
     print("ready: " + ", ".join(f"{name} {s:.1f} s" for name, s in warm_up().items()))

@@ -130,7 +130,7 @@ def test_dask_cluster_gives_the_same_files(straddling_scenes, tile_outputs, tmp_
 def _compile_kernel_outside_the_measurement() -> None:
     from leaf_engine import compiled
 
-    compiled.warm_up()  # the SL2P kernel and the composite fold
+    compiled.warm_up()  # every numba function of the engine
 
 
 def test_memory_is_bounded_by_the_block_not_the_region(tmp_path):

@@ -19,6 +19,7 @@ from rasterio.features import geometry_mask
 from ... import composite, products
 from ...sensors import ANGLE_INPUTS, SENSORS, WATER_TEST
 from ...sl2p import NetworkSet, estimate
+from .encode import encode
 from .fold import FoldRule, fold
 from .masks import quality_clear, reflectance_invalid, water_invalid
 from .reading import physical, read_many, read_scaled, read_warped
@@ -184,6 +185,18 @@ def _as_flag(value, variables: tuple[str, ...], shape: tuple[int, ...]) -> np.nd
     return np.asarray(value, dtype=bool)
 
 
+def _put(into: dict[str, np.ndarray], name: str, key: np.ndarray | EllipsisType, estimate: np.ndarray,
+         shape: tuple[int, int]) -> None:
+    """Place one sensor's estimates: the whole block's array as it is (``...``: the only sensor of the block), or
+    scattered into a NaN array at the pixels ``key``."""
+    if key is ...:
+        into[name] = estimate
+        return
+    if name not in into:
+        into[name] = np.full(shape, np.nan, np.float32)
+    into[name][key] = estimate
+
+
 def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
     """Encoded arrays (product → DN array of the block's shape) for one block."""
     shape = (gbox.height, gbox.width)
@@ -199,8 +212,8 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
         raw, has_lc = read_warped(spec.landcover, gbox, categorical=True)
         partition = np.where(has_lc, raw, 0).astype(np.int32)
 
-    values = {v: np.full(shape, np.nan, np.float32) for v in spec.variables}
-    unc = {v: np.full(shape, np.nan, np.float32) for v in spec.variables} if spec.uncertainty else {}
+    values: dict[str, np.ndarray] = {}
+    unc: dict[str, np.ndarray] = {}
     domain = np.zeros(shape, dtype=bool)
     out_of_range = np.zeros(shape, dtype=bool)
     n_obs = int(has_obs.sum())
@@ -212,12 +225,16 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
         key = ... if n == n_obs and n >= WHOLE_BLOCK_SHARE * sel.size else sel  # ``...``: views of the block
         est = _estimate_sensor(spec, comp, key, sensor_id, partition)
         for v in spec.variables:
-            values[v][key] = est.values[v]
+            _put(values, v, key, est.values[v], shape)
             if v in est.uncertainty:  # a user's network set may lack uncertainty networks
-                unc[v][key] = est.uncertainty[v]
+                _put(unc, v, key, est.uncertainty[v], shape)
         picked = est.values[spec.variables[0]].shape
         domain[key] = _as_flag(est.input_out_of_domain, spec.variables, picked)
         out_of_range[key] = _as_flag(est.out_of_range, spec.variables, picked)
+    for v in spec.variables:  # NaN (nodata) where no sensor gave an estimate
+        for into, wanted in ((values, True), (unc, spec.uncertainty)):
+            if wanted and v not in into:
+                into[v] = np.full(shape, np.nan, np.float32)
     return encode_block(spec, comp, values, unc, domain, out_of_range, inside, partition)
 
 
@@ -227,13 +244,14 @@ def encode_block(spec: JobSpec, comp: Composite, values: dict[str, np.ndarray], 
     """Product DN arrays; outside the region every product is its nodata value."""
     has_obs = comp.has_obs
     code = np.where(has_obs, comp.sensor_code, np.uint8(spec.default_sensor_code))
+    encoded = has_obs & inside  # estimates are nodata outside the region too
     out: dict[str, np.ndarray] = {}
     for name in spec.products:
         p = products.product(name)
         if name in values:
-            dn = products.encode(name, values[name], has_obs)
+            dn = encode(name, values[name], encoded)
         elif name.removesuffix(products.UNCERTAINTY_SUFFIX) in unc:
-            dn = products.encode(name, unc[name.removesuffix(products.UNCERTAINTY_SUFFIX)], has_obs)
+            dn = encode(name, unc[name.removesuffix(products.UNCERTAINTY_SUFFIX)], encoded)
         elif name == "QC":
             dn = products.qc_byte(domain & has_obs, out_of_range & has_obs, ~has_obs, code)
         elif name == "Date":
