@@ -12,6 +12,7 @@ import shapely
 
 from leaf_engine import composite
 from leaf_engine.backends.local import fold as fold_mod
+from leaf_engine.backends.local.fold import FoldRule
 from leaf_engine.backends.local.masks import reflectance_invalid, water_invalid
 from leaf_engine.backends.local.pipeline import Composite, fold_rule
 from leaf_engine.backends.local.scenes import AssetRef, Scene
@@ -106,3 +107,45 @@ def test_water_test_positions_follow_the_scene() -> None:
     assert (dry.water_green, dry.water_nir) == (-1, -1)
     assert wet.water_green >= 0 and wet.water_nir >= 0 and replace(wet, water_green=-1, water_nir=-1) == dry
     assert dry.scene_term == composite.scene_term(date(2020, 7, 5), START, END, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("water_test", [False, True])
+def test_dn_through_the_tables_equal_the_reflectance_path(dtype, water_test: bool) -> None:
+    """DN looked up in the fold (the blocks' path) and the same DN turned into reflectance first
+    (``reading.physical``, then the fold on floats) give the same composite, bit for bit."""
+    from leaf_engine.backends.local.reading import dn_tables, physical
+
+    rng = np.random.default_rng(7)
+    spec = type("Spec", (), {"start": START, "end": END})()
+    top = np.iinfo(dtype).max
+    # C2 L2 scaling for 16-bit DN; a coarse one for 8-bit, so that both range ends fall inside the type
+    scale, offset = (2.75e-5, -0.2) if dtype == np.uint16 else (0.005, -0.01)
+    lo_dn = (VALID_REFLECTANCE[0] - offset) / scale
+    hi_dn = (VALID_REFLECTANCE[1] - offset) / scale
+    edges = np.clip(np.round([lo_dn - 1, lo_dn, lo_dn + 1, hi_dn - 1, hi_dn, hi_dn + 1, 0, top]), 0, top)
+    via_dn, via_float = Composite.empty(len(L8.bands), SHAPE), Composite.empty(len(L8.bands), SHAPE)
+    for day in (3, 10, 22):
+        scene = _scene(day, 5.0, water_test)
+        refs = [replace(ref, scale=scale, offset=offset) for ref in scene.bands.values()]
+        dn = rng.integers(0, top + 1, (len(refs), *SHAPE)).astype(dtype)
+        pick = rng.random(dn.shape) < 0.2
+        dn[pick] = rng.choice(edges, int(pick.sum())).astype(dtype)
+        clear = rng.random(SHAPE) < 0.8
+        angles = (np.float32(0.98), rng.uniform(-1, 1, SHAPE).astype(np.float32), np.float32(0.1))
+        rule = fold_rule(scene, spec)
+        fold_mod.fold(via_dn, dn, clear, rule, angles, day, 3, luts=dn_tables(refs, dn.dtype))
+        floats = np.stack([physical(ref, band, np.empty(SHAPE, np.float32)) for ref, band in zip(refs, dn,
+                                                                                                   strict=True)])
+        fold_mod.fold(via_float, floats, clear, rule, angles, day, 3)
+    for name in ("score", "bands", "angles", "doy", "sensor_code"):
+        np.testing.assert_array_equal(getattr(via_dn, name), getattr(via_float, name), err_msg=name)
+    assert len(np.unique(via_dn.doy)) == 4
+
+
+def test_dn_need_one_full_table_per_band() -> None:
+    comp = Composite.empty(2, (2, 2))
+    rule = FoldRule(0, 1, -1, -1, 0.5)
+    with pytest.raises(ValueError, match="one full table per band"):
+        fold_mod.fold(comp, np.zeros((2, 2, 2), np.uint16), np.ones((2, 2), bool), rule, (1.0, 1.0, 1.0), 1, 1,
+                      luts=np.zeros((2, 256), np.float32))

@@ -40,26 +40,37 @@ that LLVM vectorises (selects, no branches)."""
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # nogil: the other block threads run Python meanwhile
-def _fold(bands, clear, red, nir, wgreen, wnir, lo, hi, wthr, w_spec, term, angles, angle_values, doy, code,
+def _fold(bands, luts, clear, red, nir, wgreen, wnir, lo, hi, wthr, w_spec, term, angles, angle_values, doy, code,
           c_score, c_bands, c_angles, c_doy, c_code):  # pragma: no cover - compiled
     n_bands, npix = bands.shape
     ok = np.empty(CHUNK, np.bool_)
+    buf = np.empty((n_bands, CHUNK), np.float32)  # the chunk's reflectance
     for s in range(0, npix, CHUNK):
         m = min(CHUNK, npix - s)
-        cl = clear[s:s + m]  # views indexed from 0: ``x[s + p]`` would be gathered lane by lane
+        for b in range(n_bands):
+            src = bands[b, s:s + m]  # views indexed from 0: ``x[s + p]`` would be gathered lane by lane
+            dst = buf[b]
+            if luts.shape[0] > 0:  # DN through the band's table (reading.physical's, so the same float32 values)
+                lut = luts[b]
+                for p in range(m):
+                    dst[p] = lut[np.intp(src[p])]
+            else:
+                for p in range(m):
+                    dst[p] = src[p]
+        cl = clear[s:s + m]
         for p in range(m):
             ok[p] = cl[p]
         for b in range(n_bands):  # masks.reflectance_invalid: NaN fails both comparisons
-            v = bands[b, s:s + m]
+            v = buf[b]
             for p in range(m):
                 ok[p] &= (v[p] >= lo) & (v[p] <= hi)
         if wgreen >= 0:  # masks.water_invalid
-            g = bands[wgreen, s:s + m]
-            n = bands[wnir, s:s + m]
+            g = buf[wgreen]
+            n = buf[wnir]
             for p in range(m):
                 ok[p] &= not ((g[p] - n[p]) / (g[p] + n[p]) > wthr)
-        rd = bands[red, s:s + m]
-        nr = bands[nir, s:s + m]
+        rd = buf[red]
+        nr = buf[nir]
         sc = c_score[s:s + m]
         for p in range(m):  # composite.score; ties keep the earlier scene
             total = nr[p] + rd[p]
@@ -70,7 +81,7 @@ def _fold(bands, clear, red, nir, wgreen, wnir, lo, hi, wthr, w_spec, term, angl
             ok[p] &= score > sc[p]
             sc[p] = score if ok[p] else sc[p]
         for b in range(n_bands):
-            v = bands[b, s:s + m]
+            v = buf[b]
             cb = c_bands[b, s:s + m]
             for p in range(m):
                 cb[p] = v[p] if ok[p] else cb[p]
@@ -92,16 +103,23 @@ def _fold(bands, clear, red, nir, wgreen, wnir, lo, hi, wthr, w_spec, term, angl
 
 
 def fold(comp, bands: np.ndarray, clear: np.ndarray, rule: FoldRule,  # type: ignore[no-untyped-def]
-         angles: tuple[np.ndarray | float, ...], doy: int, code: int) -> None:
+         angles: tuple[np.ndarray | float, ...], doy: int, code: int, luts: np.ndarray | None = None) -> None:
     """Update ``comp`` (a ``pipeline.Composite``) in place where the observation is valid and scores higher:
-    ``bands`` float32 [n, h, w] in the scene's band order, ``clear`` the pixels its data and quality layers
+    ``bands`` [n, h, w] in the scene's band order, float32 reflectance, or 8/16-bit unsigned DN with ``luts``
+    [n, 2**bits] float32 (each band's DN → reflectance table); ``clear`` the pixels its data and quality layers
     allow, ``angles`` cos(VZA), cos(SZA), cos(RAA) (per pixel, or one value each)."""
     f32 = np.float32
     npix = clear.size
     per_pixel = any(np.ndim(a) for a in angles)
     stack = np.stack([np.broadcast_to(np.asarray(a, f32), clear.shape).reshape(npix) for a in angles]) \
         if per_pixel else np.zeros((3, 0), f32)
-    _fold(np.ascontiguousarray(bands, f32).reshape(len(bands), npix), np.ascontiguousarray(clear).reshape(npix),
+    if luts is None:
+        bands, luts = np.ascontiguousarray(bands, f32), np.zeros((0, 0), f32)
+    elif bands.dtype not in (np.uint8, np.uint16) or luts.shape != (len(bands), np.iinfo(bands.dtype).max + 1):
+        raise ValueError(f"DN of type {bands.dtype} need 8/16-bit unsigned bands and one full table per band "
+                         f"(got tables {luts.shape} for {len(bands)} bands)")
+    _fold(np.ascontiguousarray(bands).reshape(len(bands), npix), np.ascontiguousarray(luts, f32),
+          np.ascontiguousarray(clear).reshape(npix),
           rule.red, rule.nir, rule.water_green, rule.water_nir, f32(VALID_REFLECTANCE[0]),
           f32(VALID_REFLECTANCE[1]), f32(WATER_TEST.threshold), f32(composite.W_SPECTRAL), f32(rule.scene_term),
           stack, np.array([0.0 if per_pixel else a for a in angles], f32), np.uint16(doy), np.uint8(code),
@@ -115,6 +133,9 @@ def warm_up() -> float:
 
     t0 = time.perf_counter()
     comp = Composite.empty(2, (2, 2))
-    fold(comp, np.full((2, 2, 2), 0.3, np.float32), np.ones((2, 2), bool), FoldRule(0, 1, 0, 1, 0.5),
-         (1.0, np.ones((2, 2), np.float32), 1.0), 1, 1)
+    rule, angles = FoldRule(0, 1, 0, 1, 0.5), (1.0, np.ones((2, 2), np.float32), 1.0)
+    fold(comp, np.full((2, 2, 2), 0.3, np.float32), np.ones((2, 2), bool), rule, angles, 1, 1)
+    for dtype in (np.uint8, np.uint16):  # DN through tables: the types of L2 surface reflectance rasters
+        luts = np.zeros((2, np.iinfo(dtype).max + 1), np.float32)
+        fold(comp, np.full((2, 2, 2), 3, dtype), np.ones((2, 2), bool), rule, angles, 1, 1, luts=luts)
     return time.perf_counter() - t0

@@ -22,7 +22,7 @@ from ...sl2p import NetworkSet, estimate
 from .encode import encode
 from .fold import FoldRule, fold
 from .masks import quality_clear, reflectance_invalid, water_invalid
-from .reading import physical, read_many, read_scaled, read_warped
+from .reading import dn_tables, physical, read_many, read_scaled, read_warped
 from .scenes import AssetRef, Scene
 
 _NO_SCORE = np.float32(-np.inf)
@@ -112,27 +112,37 @@ def _angles(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray | float, ...]:
             np.cos((np.float32(values["saa"]) - np.float32(values["vaa"])) * rad))
 
 
-def _read_bands(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
-    """Reflectance [n_bands, h, w] (float32, rounded once from float64 so k/10 values stay exact; any value where
-    there is no data) and the pixels that every band has and the scene's quality layers leave clear."""
+def _read_bands(scene: Scene, gbox: GeoBox, as_dn: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The scene's bands [n_bands, h, w], their DN → reflectance tables, and the pixels that every band has and
+    the scene's quality layers leave clear (the bands hold any value where there is no data).
+
+    With ``as_dn``, bands of one 8/16-bit unsigned type come as their DN with the tables of
+    :func:`reading.physical` (the fold looks them up per chunk); otherwise, and for other types, as float32
+    reflectance (rounded once from float64 so k/10 values stay exact) and no tables."""
     shape = (gbox.height, gbox.width)
     refs = list(scene.bands.values())
     layers = [ref for _, ref in scene.quality]
     reads = read_many([*refs, *layers], gbox, [False] * len(refs) + [True] * len(layers))
-    bands = np.empty((len(refs), *shape), np.float32)
     clear = np.ones(shape, dtype=bool)
-    for i, (ref, (raw, has)) in enumerate(zip(refs, reads, strict=False)):
-        physical(ref, raw, out=bands[i])
+    for _, has in reads[:len(refs)]:
         clear &= has
     clear &= quality_clear(scene, reads[len(refs):])  # the sensor's quality layers (masks.py)
-    return bands, clear
+    raws = [raw for raw, _ in reads[:len(refs)]]
+    tables = dn_tables(refs, raws[0].dtype) if as_dn and len({r.dtype for r in raws}) == 1 else None
+    if tables is not None:
+        return np.stack(raws), tables, clear
+    bands = np.empty((len(refs), *shape), np.float32)
+    for i, (ref, raw) in enumerate(zip(refs, raws, strict=True)):
+        physical(ref, raw, out=bands[i])
+    return bands, None, clear
 
 
 def read_observation(scene: Scene, gbox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance [n_bands, h, w] (NaN where data or quality layers leave no value) and its clear pixels by every
     rule: data, quality layers, water test, reflectance range (the blocks apply the last two per pixel, in
     :func:`fold.fold`)."""
-    bands, clear = _read_bands(scene, gbox)
+    bands, _, clear = _read_bands(scene, gbox)
     bands[:, ~clear] = np.nan
     clear &= ~water_invalid(scene, bands)
     clear &= ~reflectance_invalid(bands)
@@ -150,11 +160,12 @@ def fold_rule(scene: Scene, spec: JobSpec) -> FoldRule:
 def add_scene(comp: Composite, scene: Scene, gbox: GeoBox, spec: JobSpec, inside: np.ndarray) -> None:
     """Fold one scene into the composite: a clear pixel replaces the current one if its score is higher
     (scenes come in time order and ties keep the earlier one)."""
-    bands, clear = _read_bands(scene, gbox)
+    bands, tables, clear = _read_bands(scene, gbox, as_dn=True)
     clear &= inside
     if not clear.any():
         return
-    fold(comp, bands, clear, fold_rule(scene, spec), _angles(scene, gbox), scene.day_of_year, scene.sensor.qc_code)
+    fold(comp, bands, clear, fold_rule(scene, spec), _angles(scene, gbox), scene.day_of_year, scene.sensor.qc_code,
+         luts=tables)
 
 
 def _estimate_sensor(spec: JobSpec, comp: Composite, sel: np.ndarray | EllipsisType, sensor_id: str,

@@ -143,6 +143,21 @@ def _lut_for(scale: float, offset: float, dtype: str, out_dtype: str) -> np.ndar
     return table
 
 
+def dn_tables(refs: Sequence[AssetRef], dtype: np.dtype) -> np.ndarray | None:
+    """The float32 DN → value tables of :func:`physical` for rasters of 8/16-bit unsigned ``dtype``, one row per
+    asset ([n, 2**bits], shared and read-only); None for other types."""
+    if np.dtype(dtype) not in (np.uint8, np.uint16):
+        return None
+    return _stacked_tables(tuple((r.scale, r.offset) for r in refs), np.dtype(dtype).str)
+
+
+@lru_cache(maxsize=64)
+def _stacked_tables(scalings: tuple[tuple[float, float], ...], dtype: str) -> np.ndarray:
+    table = np.stack([_lut_for(scale, offset, dtype, "float32") for scale, offset in scalings])
+    table.flags.writeable = False
+    return table
+
+
 def read_scaled(ref: AssetRef, gbox: GeoBox, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """Physical values (DN·scale + offset) on ``gbox``; NaN where there is no data."""
     raw, has_data = read_warped(ref, gbox)
