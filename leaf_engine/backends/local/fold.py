@@ -4,7 +4,9 @@ The rules are those of :func:`leaf_engine.composite.score` and of ``masks.reflec
 ``masks.water_invalid``, evaluated per pixel with the same float32 arithmetic (thresholds rounded to float32 as
 numpy compares a float32 array with a Python float; no fused multiply-add), so the composite is bit for bit the
 one the numpy formulation gives (``tests/test_local_fold.py``). In numpy they were a dozen passes over the block
-with their temporaries: about 40 % of a block's work besides warping.
+with their temporaries: about 40 % of a block's work besides warping. The blocks pass 8/16-bit DN with each
+band's table (``reading.dn_tables``, the tables of ``reading.physical``): the look-up happens per chunk, in cache,
+instead of a float32 copy of every scene's bands per block.
 
 Compiled once at set-up with the SL2P kernel (``python -m leaf_engine.compiled``) and cached on disk.
 """

@@ -184,14 +184,15 @@ class _Grid:
 
 
 @lru_cache(maxsize=4096)
-def _grid_of(href: str, declared_nodata: float | None) -> tuple[_Grid, str]:
-    """The asset's grid and the name GDAL opened it by (``/vsicurl/…`` for a URL, the absolute path of a file)."""
+def _grid_of(href: str, declared_nodata: float | None) -> tuple[_Grid, str | None]:
+    """The asset's grid and the name GDAL opened it by (``/vsicurl/…`` for a URL, the absolute path of a file;
+    None when GDAL does not say, and the asset is then read on its own)."""
     with rasterio.open(href) as src:
         fill = fill_value(src.dtypes[0], declared_nodata if declared_nodata is not None else src.nodata)
-        name = src.files[0] if src.files else href
+        name = src.files[0] if src.files else None
         return (_Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height, src.dtypes[0], fill,
                       bool(src.crs.is_projected)),
-                name if name.startswith("/vsi") else os.path.abspath(name))
+                name if name is None or name.startswith("/vsi") else os.path.abspath(name))
 
 
 def _stack_vrt(names: Sequence[str], grid: _Grid) -> str:
@@ -211,7 +212,9 @@ def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> _Grid | None:
     nearest neighbour."""
     if "://" not in ref.href and not os.path.isfile(ref.href):
         return None
-    grid = _grid_of(ref.href, ref.nodata)[0]
+    grid, name = _grid_of(ref.href, ref.nodata)
+    if name is None:
+        return None
     coarsening = grid.projected == gbox.crs.proj.is_projected and \
         abs(gbox.resolution.x) > _COARSENING * abs(grid.transform[0])
     if grid.dtype not in _GDAL_TYPES or (coarsening and not categorical):
@@ -237,7 +240,7 @@ def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool
             out[members[0]] = read_warped(refs[members[0]], gbox, categorical=categorical[members[0]])
             continue
         hrefs = [refs[i].href for i in members]
-        names = [_grid_of(refs[i].href, refs[i].nodata)[1] for i in members]
+        names = [str(_grid_of(refs[i].href, refs[i].nodata)[1]) for i in members]  # _stackable: never None
         with _source(_stack_vrt(names, grid), hrefs) as src, \
                 WarpedVRT(src, crs=gbox.crs.wkt, transform=gbox.transform, width=gbox.width, height=gbox.height,
                           resampling=Resampling.nearest, src_nodata=grid.fill, nodata=grid.fill) as vrt:
