@@ -243,9 +243,10 @@ def process_block(spec: JobSpec, gbox: GeoBox) -> dict[str, np.ndarray]:
         domain[key] = _as_flag(est.input_out_of_domain, spec.variables, picked)
         out_of_range[key] = _as_flag(est.out_of_range, spec.variables, picked)
     for v in spec.variables:  # NaN (nodata) where no sensor gave an estimate
-        for into, wanted in ((values, True), (unc, spec.uncertainty)):
-            if wanted and v not in into:
-                into[v] = np.full(shape, np.nan, np.float32)
+        if v not in values:
+            values[v] = np.full(shape, np.nan, np.float32)
+        if spec.uncertainty and v not in unc:
+            unc[v] = np.full(shape, np.nan, np.float32)
     return encode_block(spec, comp, values, unc, domain, out_of_range, inside, partition)
 
 

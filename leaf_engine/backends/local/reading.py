@@ -207,9 +207,9 @@ def _stack_vrt(names: Sequence[str], grid: _Grid) -> str:
             f"<GeoTransform>{t[2]!r},{t[0]!r},{t[1]!r},{t[5]!r},{t[3]!r},{t[4]!r}</GeoTransform>{bands}</VRTDataset>")
 
 
-def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> _Grid | None:
-    """The asset's grid when it can share a warp pass: a file or URL (not another GDAL dataset name) read with
-    nearest neighbour."""
+def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> tuple[_Grid, str] | None:
+    """The asset's grid and GDAL file name when it can share a warp pass: a file or URL (not another GDAL dataset
+    name) read with nearest neighbour."""
     if "://" not in ref.href and not os.path.isfile(ref.href):
         return None
     grid, name = _grid_of(ref.href, ref.nodata)
@@ -219,7 +219,7 @@ def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> _Grid | None:
         abs(gbox.resolution.x) > _COARSENING * abs(grid.transform[0])
     if grid.dtype not in _GDAL_TYPES or (coarsening and not categorical):
         return None  # averaged reads keep their own pass (and their pixel-centre edge rule)
-    return grid
+    return grid, name
 
 
 def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool]
@@ -228,20 +228,19 @@ def read_many(refs: Sequence[AssetRef], gbox: GeoBox, categorical: Sequence[bool
     neighbour and sharing a nodata value, are warped in a single pass (the coordinate transformation is computed
     once, not once per band); pixel values are identical to separate reads."""
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(refs)
-    groups: dict[_Grid, list[int]] = {}
+    groups: dict[_Grid, list[tuple[int, str]]] = {}  # grid → (position, GDAL file name) of its assets
     for i, (ref, cat) in enumerate(zip(refs, categorical, strict=True)):
-        grid = _stackable(ref, gbox, cat)
-        if grid is None:
+        stackable = _stackable(ref, gbox, cat)
+        if stackable is None:
             out[i] = read_warped(ref, gbox, categorical=cat)
         else:
-            groups.setdefault(grid, []).append(i)
-    for grid, members in groups.items():
+            groups.setdefault(stackable[0], []).append((i, stackable[1]))
+    for grid, group in groups.items():
+        members = [i for i, _ in group]
         if len(members) == 1:
             out[members[0]] = read_warped(refs[members[0]], gbox, categorical=categorical[members[0]])
             continue
-        hrefs = [refs[i].href for i in members]
-        names = [str(_grid_of(refs[i].href, refs[i].nodata)[1]) for i in members]  # _stackable: never None
-        with _source(_stack_vrt(names, grid), hrefs) as src, \
+        with _source(_stack_vrt([name for _, name in group], grid), [refs[i].href for i in members]) as src, \
                 WarpedVRT(src, crs=gbox.crs.wkt, transform=gbox.transform, width=gbox.width, height=gbox.height,
                           resampling=Resampling.nearest, src_nodata=grid.fill, nodata=grid.fill) as vrt:
             data = vrt.read()
