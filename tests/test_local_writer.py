@@ -19,7 +19,7 @@ from odc.geo.geobox import GeoBox
 from rio_cogeo.cogeo import cog_validate
 
 from leaf_engine import products
-from leaf_engine.backends.local import writer
+from leaf_engine.backends.local import levels, writer
 from leaf_engine.backends.local.writer import COG_OPTIONS, JobTags, OutputSet, ProductWriter, halve, overview_shapes
 
 TAGS = JobTags("r1", "S2_SR", "SL2P", "S2_SR:leaf_sl2p_s2_20m", "x", "Jul", "2018-07-01", "2018-07-31", 2,
@@ -54,43 +54,73 @@ def _gdal_cog(name: str, dn: np.ndarray, folder: Path) -> Path:
     return dst
 
 
-def _write(folder: Path, maps: dict[str, np.ndarray], block: int) -> tuple[OutputSet, dict[str, Path]]:
+def _order(keys: list[tuple[int, int]], order: str) -> list[tuple[int, int]]:
+    """The blocks in the order they are written: ``reverse`` (last first), ``finish`` (row-major, as the engine
+    submits them, each pair swapped as blocks finishing out of turn), ``late`` (row-major but the first block of
+    the second block row last, as a retried block)."""
+    if order == "reverse":
+        return keys[::-1]
+    if order == "finish":
+        return [k for i in range(0, len(keys), 2) for k in keys[i:i + 2][::-1]]
+    second_row = next(i for i, k in enumerate(keys) if k[0] > 0)
+    return [*keys[:second_row], *keys[second_row + 1:], keys[second_row]]
+
+
+def _write(folder: Path, maps: dict[str, np.ndarray], block: int,
+           order: str = "reverse") -> tuple[OutputSet, dict[str, Path], dict[str, bool]]:
+    """The maps written in blocks in ``order``; returns the outputs, their COGs and, per product, whether GDAL's
+    levels were still streamed (:mod:`leaf_engine.backends.local.levels`) after the last block."""
     shape = next(iter(maps.values())).shape
     gbox = GeoBox(shape, Affine(20, 0, 356100, 0, -20, 4835660), "EPSG:32631")
     out = OutputSet(folder, {p: f"x_{p}" for p in maps}, gbox, TAGS)
     keys = [(r, c) for r in range(0, shape[0], block) for c in range(0, shape[1], block)]
-    for r, c in keys[::-1]:  # out of order, as blocks finish
+    for r, c in _order(keys, order):
         out.write_block({p: dn[r:r + block, c:c + block] for p, dn in maps.items()}, r, c)
-    return out, out.finish()
+    streamed = {p: w.levels_streamed for p, w in out.writers.items()}
+    return out, out.finish(), streamed
 
 
-@pytest.mark.parametrize(("shape", "block", "from_blocks"), [
-    ((1536, 2048), 512, 2),   # every level from the blocks
-    ((1100, 1300), 256, 2),   # edge blocks of other sizes
-    ((1100, 1300), 250, 1),   # 125 px blocks at level 1 do not halve: averaged level 2 is GDAL's
-    ((2002, 1030), 1024, 1),  # level 1 is 1001 px high: the averaged levels below it are GDAL's
-    ((1025, 1300), 512, 0),   # odd height: every averaged overview is GDAL's
-    ((2001, 2001), 1024, 0),  # an odd region as bench_produce.py makes (ratio 2.001 on both axes)
-    ((300, 400), 128, 0),     # one tile: no overview
+@pytest.mark.parametrize(("shape", "block", "from_blocks", "streamed"), [
+    ((1536, 2048), 512, 2, False),   # every level from the blocks
+    ((1100, 1300), 256, 2, False),   # edge blocks of other sizes
+    ((1100, 1300), 250, 1, False),   # 125 px blocks at level 1 do not halve: averaged level 2 is GDAL's, at the end
+    ((2002, 1030), 1024, 1, True),   # level 1 is 1001 px high: the averaged levels below it are GDAL's
+    ((1025, 1300), 512, 0, True),    # odd height: every averaged overview is GDAL's
+    ((2001, 2001), 1024, 0, True),   # an odd region as bench_produce.py makes (ratio 2.001 on both axes)
+    ((300, 400), 128, 0, False),     # one tile: no overview
 ])
-def test_every_level_equals_gdal_cog(tmp_path, shape, block, from_blocks):
+@pytest.mark.parametrize("order", ["reverse", "finish"])
+def test_every_level_equals_gdal_cog(tmp_path, shape, block, from_blocks, streamed, order):
     """``from_blocks``: the averaged map's levels made from the blocks; a class map's are all made from them
-    (NEAREST, any ratio)."""
-    _check_every_level(tmp_path, shape, block, from_blocks)
+    (NEAREST, any ratio). ``streamed``: the averaged map's other levels are GDAL's, made while the blocks arrive
+    (both orders fit the stream's buffer at these sizes), unless the block grid turned out not to halve."""
+    _check_every_level(tmp_path, shape, block, from_blocks, order, streamed)
+
+
+@pytest.mark.parametrize("order", ["reverse", "late"])
+def test_gdal_levels_after_the_last_block_when_the_stream_gives_up(tmp_path, monkeypatch, order):
+    """A buffer too small for the blocks' order (a whole map written bottom-up; a block of the second row retried
+    last, after the stream made the rows above it): the stream gives up, its files go, and GDAL makes the levels
+    from the parent level at the end, equal all the same."""
+    monkeypatch.setattr(levels, "STREAM_BYTES", 1300 * 600)
+    _check_every_level(tmp_path, (2001, 1300), 512, 0, order, streamed=False)
 
 
 def test_large_gdal_levels_go_through_the_cog_driver(tmp_path, monkeypatch):
     """An averaged level above ``GDAL_LEVEL_BYTES`` is made by GDAL's COG driver (streamed), equal all the same."""
     monkeypatch.setattr(writer, "GDAL_LEVEL_BYTES", 0)
-    _check_every_level(tmp_path, (1025, 1300), 512, 0)
+    monkeypatch.setattr(levels, "STREAM_BYTES", 0)
+    _check_every_level(tmp_path, (1025, 1300), 512, 0, "reverse", streamed=False)
 
 
-def _check_every_level(tmp_path: Path, shape: tuple[int, int], block: int, from_blocks: int) -> None:
+def _check_every_level(tmp_path: Path, shape: tuple[int, int], block: int, from_blocks: int, order: str,
+                       streamed: bool) -> None:
     maps = _maps(shape, seed=shape[0] + block)
-    out, cogs = _write(tmp_path / "job", maps, block)
-    levels = len(overview_shapes(*shape))
+    out, cogs, was_streamed = _write(tmp_path / "job", maps, block, order)
+    n_levels = len(overview_shapes(*shape))
     assert {p: w.levels_from_blocks for p, w in out.writers.items()} == \
-        {p: levels if p in products.ANCILLARY else from_blocks for p in NAMES}
+        {p: n_levels if p in products.ANCILLARY else from_blocks for p in NAMES}
+    assert was_streamed == {p: streamed and p not in products.ANCILLARY for p in NAMES}
     assert not [f for f in (tmp_path / "job").iterdir() if f not in cogs.values()]  # scratch files removed
     for name, dn in maps.items():
         ref = _gdal_cog(name, dn, tmp_path)

@@ -382,6 +382,7 @@ class _Pipeline:
         job.folder = self.tmp / job.job.job_id
         try:
             job.outputs = OutputSet(job.folder, {p: n.stem for p, n in prep.names.items()}, job.gbox, prep.tags)
+            job.outputs.start_threads()
         except Exception as e:
             self._fail(job, e)
             return

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 import rasterio
+import rasterio.crs
 import rasterio.shutil
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -23,6 +25,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ... import __version__, composite, products
+from .levels import LevelStream
 from .quicklook import MAX_SIDE, Preview
 
 INTERNAL_TILE = 512
@@ -157,14 +160,25 @@ class ProductWriter:
         for k, level_path in enumerate(self._level_paths):
             h, w = (gbox.height, gbox.width) if k == 0 else self._shapes[k - 1]
             self._ds.append(self._create_level(level_path, (h, w)))
-        main = self._ds[0]
-        main.update_tags(**tags)
-        main.set_band_description(1, f"{name} ({p.units})")
-        if not self._categorical:
-            main.scales = (p.step,)
-            main.units = (p.units,)
+        self._stream = self._new_stream()
+        self._tags = tags
+        self._describe(self._ds[0])
+        # The COG's structure is written from an empty copy of the tile file's header (:meth:`prepare_cog`).
+        self._template = path.with_name(f"{path.stem}.header.tif")
+        with self._create_level(self._template, (gbox.height, gbox.width)) as header:
+            self._describe(header)
+        self._skeleton: Path | None = None
         self._unflushed = 0
         # Pixels never written (blocks outside every scene still get written) read back as nodata.
+
+    def _describe(self, ds: rasterio.io.DatasetWriter) -> None:
+        """The product's tags, band description, scale and units on ``ds``."""
+        p = products.product(self.name)
+        ds.update_tags(**self._tags)
+        ds.set_band_description(1, f"{self.name} ({p.units})")
+        if not self._categorical:
+            ds.scales = (p.step,)
+            ds.units = (p.units,)
 
     def write(self, data: np.ndarray, row: int, col: int) -> None:
         for k in range(len(self._ds)):
@@ -182,10 +196,13 @@ class ProductWriter:
             elif k > 0:  # the 2×2 of this level must not straddle two blocks
                 if row % 2 or col % 2 or data.shape[0] % 2 or data.shape[1] % 2:
                     self._levels = k - 1  # a block grid that does not halve: GDAL makes the rest at the end
+                    self._drop_stream()
                     break
                 data, row, col = halve(data, self._nodata, self._categorical), row // 2, col // 2
             self._ds[k].write(data, 1, window=Window(col, row, data.shape[1], data.shape[0]))
             self._unflushed += data.nbytes
+            if k == self._levels and self._stream is not None and not self._stream.add(data, row, col):
+                self._drop_stream()
         if self._unflushed >= REOPEN_BYTES:
             for k, ds in enumerate(self._ds):  # compresses and writes the cached tiles (see REOPEN_BYTES)
                 ds.close()
@@ -194,29 +211,73 @@ class ProductWriter:
 
     @property
     def levels_from_blocks(self) -> int:
-        """How many overview levels are being computed from the blocks (the rest are GDAL's, at the end)."""
+        """How many overview levels are being computed from the blocks (the rest are GDAL's)."""
         return self._levels
+
+    @property
+    def levels_streamed(self) -> bool:
+        """Whether GDAL's levels are being made while the blocks arrive (:mod:`.levels`), not at the end."""
+        return self._stream is not None
+
+    def _new_stream(self) -> LevelStream | None:
+        """GDAL's levels below the last one made from the blocks, made while they arrive: an averaged map's."""
+        if self._categorical or self._levels == len(self._shapes) or \
+                not np.issubdtype(np.dtype(self._profile["dtype"]), np.integer):
+            return None
+        parent = (self._gbox.height, self._gbox.width) if self._levels == 0 else self._shapes[self._levels - 1]
+        shapes = self._shapes[self._levels:]
+        paths = [self.path.with_name(f"{self.path.stem}.S{k}.tif")
+                 for k in range(self._levels + 1, len(self._shapes) + 1)]
+        return LevelStream(parent, shapes, np.dtype(self._profile["dtype"]), self._nodata, paths,
+                           self._create_level, INTERNAL_TILE)
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.abandon()
+            self._stream = None
 
     def close(self) -> None:
         for ds in self._ds:
             ds.close()
+        if self._stream is not None:
+            self._stream.close()
+
+    def prepare_cog(self, dst: Path) -> None:
+        """Write the COG's structure (header, IFDs, tags) at ``dst``, every level empty, for :meth:`to_cog` to
+        fill: the COG driver's copy of a VRT that reads as nodata, with an empty (sparse) level wherever the data
+        will be. It needs no pixel, so it can be made while the blocks are computed, off the job's serial tail."""
+        resampling = "NEAREST" if self._categorical else "AVERAGE"
+        vrts = [dst.with_name(f"{dst.stem}.L{k}.vrt") for k in range(len(self._shapes) + 1)]
+        try:
+            for k in range(1, len(vrts)):
+                _empty_vrt(self._template, self._shapes[k - 1], vrts[k])
+            _empty_vrt(self._template, None, vrts[0], overviews=vrts[1:])
+            rasterio.shutil.copy(vrts[0], dst, driver="COG", RESAMPLING=resampling, SPARSE_OK="TRUE",
+                                 **{**COG_OPTIONS, "OVERVIEWS": "FORCE_USE_EXISTING" if self._shapes else "NONE"})
+        finally:
+            for v in vrts:
+                v.unlink(missing_ok=True)
+        self._skeleton = dst
 
     def to_cog(self, dst: Path) -> Path:
         """Assemble the COG (internal tiles, overviews, deflate); categorical maps use nearest overviews.
 
-        The COG driver writes the COG's structure (header, IFDs, tags) from a VRT that reads as nodata, with an
-        empty (sparse) level wherever the data is; then the compressed tiles of every level are appended in the
-        order and framing the COG layout prescribes (:func:`_append_tiles`). Overview levels not computed from
-        the blocks are GDAL's, from the last level that was: resampled reads (:meth:`_gdal_levels`), or for a
-        large averaged level the COG driver, into a scratch COG."""
+        The compressed tiles of every level are appended to the COG's empty structure (:meth:`prepare_cog`, made
+        here unless it was made before) in the order and framing the COG layout prescribes (:func:`_append_tiles`).
+        Overview levels not computed from the blocks are GDAL's, from the last level that was: made while the
+        blocks arrived (:mod:`.levels`) or, when that gave up, now: resampled reads (:meth:`_gdal_levels`), or
+        for a large averaged level the COG driver, into a scratch COG."""
         self.close()
         resampling = "NEAREST" if self._categorical else "AVERAGE"
         scratch = dst.with_name(dst.stem + ".ovr.tif")
-        vrts = [dst.with_name(f"{dst.stem}.L{k}.vrt") for k in range(len(self._shapes) + 1)]
         try:
             sources: list[tuple[Path, int]] = [(p, 0) for p in self._level_paths[:self._levels + 1]]
+            if self._stream is not None and not self._stream.complete:  # a block never came: GDAL's, from the file
+                self._drop_stream()
             with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
-                if self._levels < len(self._shapes) and self._reads_levels():
+                if self._stream is not None:
+                    sources += [(p, 0) for p in self._stream.paths]
+                elif self._levels < len(self._shapes) and self._reads_levels():
                     sources += self._gdal_levels(dst)
                 elif self._levels < len(self._shapes):
                     rasterio.shutil.copy(sources[-1][0], scratch, driver="COG", COMPRESS="NONE",
@@ -229,17 +290,13 @@ class ProductWriter:
                         raise RuntimeError(f"{dst}: GDAL made {made} overview levels below level {self._levels}, "
                                            f"expected {len(self._shapes) - self._levels}")
                     sources += [(scratch, j) for j in range(1, made + 1)]
-                for k in range(1, len(vrts)):
-                    _empty_vrt(self.path, self._shapes[k - 1], vrts[k])
-                _empty_vrt(self.path, None, vrts[0], overviews=vrts[1:])
-                rasterio.shutil.copy(vrts[0], dst, driver="COG", RESAMPLING=resampling, SPARSE_OK="TRUE",
-                                     **{**COG_OPTIONS, "OVERVIEWS": "FORCE_USE_EXISTING" if self._shapes else "NONE"})
+            if self._skeleton != dst:
+                self.prepare_cog(dst)
             _append_tiles(sources, dst)
         finally:
             scratch.unlink(missing_ok=True)
-            for v in vrts:
-                v.unlink(missing_ok=True)
-            for p in [*self._level_paths[1:], *self._gdal_paths]:
+            for p in [*self._level_paths[1:], *self._gdal_paths, *(self._stream.paths if self._stream else []),
+                      self._template]:
                 p.unlink(missing_ok=True)
         return dst
 
@@ -410,6 +467,29 @@ class OutputSet:
         # from the COG overviews.
         self._maps = ({p: np.full((gbox.height, gbox.width), products.product(p).nodata, products.product(p).dtype)
                        for p in names} if max(gbox.width, gbox.height) <= MAX_SIDE else None)
+        self._pool: ThreadPoolExecutor | None = None
+        self._prepared: dict[str, Future[None]] = {}
+
+    def start_threads(self, threads: int = 2) -> None:
+        """Start the threads that will convert the COGs (:meth:`finish`) now, while the blocks are computed, and
+        write the COGs' empty structures on them (:meth:`ProductWriter.prepare_cog`): a thread's first GDAL call
+        that touches a CRS sets up its PROJ context (≈ 15–40 ms), and the structures need no pixel; both would
+        otherwise lengthen the job's serial tail."""
+        if self._pool is not None:
+            return
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="leaf-cog")
+        wkt = self.gbox.crs.to_wkt() if self.gbox.crs is not None else None
+        ready = threading.Barrier(max(1, threads))  # one warm-up per thread: each waits for the others
+
+        def warm_up() -> None:
+            ready.wait(timeout=10)
+            if wkt is not None:
+                rasterio.crs.CRS.from_wkt(wkt).to_wkt()
+
+        for _ in range(max(1, threads)):
+            self._pool.submit(warm_up)
+        self._prepared = {name: self._pool.submit(w.prepare_cog, self._cog_path(name))
+                          for name, w in self.writers.items()}
 
     def write_block(self, arrays: dict[str, np.ndarray], row: int, col: int) -> None:
         # One thread: writing the products on two measured 0.3–1.3 CPU-s more at 4001² (and no faster).
@@ -426,21 +506,36 @@ class OutputSet:
         return {p: Preview(dn, 1, self._tags[p], self.gbox.transform, crs) for p, dn in self._maps.items()}
 
     def finish(self, threads: int = 2) -> dict[str, Path]:
-        """Close every file and convert them to COGs (``threads`` at a time: GDAL releases the GIL); returns
-        product → COG path."""
+        """Close every file and convert them to COGs (``threads`` at a time: GDAL releases the GIL; on the threads
+        of :meth:`start_threads` if it was called); returns product → COG path."""
 
         def convert(item: tuple[str, ProductWriter]) -> tuple[str, Path]:
             name, w = item
-            path = w.to_cog(self.folder / f"{self.stems[name]}.tif")
+            if name in self._prepared:
+                self._prepared[name].result()
+            path = w.to_cog(self._cog_path(name))
             w.path.unlink(missing_ok=True)
             return name, path
 
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="leaf-cog") as pool:
-            return dict(pool.map(convert, self.writers.items()))
+        self.start_threads(threads)
+        assert self._pool is not None
+        try:
+            return dict(self._pool.map(convert, self.writers.items()))
+        finally:
+            self._stop_threads()
 
     def abort(self) -> None:
         for w in self.writers.values():
             w.close()
+        self._stop_threads()
+
+    def _cog_path(self, name: str) -> Path:
+        return self.folder / f"{self.stems[name]}.tif"
+
+    def _stop_threads(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 # ------------------------------------------------------------------------------------------ QGIS styles
