@@ -275,7 +275,7 @@ def phase_warp(req_path: Path) -> dict:
     """The engine's own warping and nothing else: for every block, each scene's bands and quality layers read
     onto the block exactly as ``produce`` reads them (``reading.read_many``: co-gridded local files in one warp
     pass, nearest neighbour, the same nodata), on 2 threads, the result discarded."""
-    from leaf_engine.backends.local.engine import _prepare
+    from leaf_engine.backends.local.engine import _discover, _prepare
     from leaf_engine.backends.local.executors import ThreadExecutor
     from leaf_engine.backends.local.pipeline import _touches
     from leaf_engine.backends.local.reading import read_many
@@ -286,9 +286,10 @@ def phase_warp(req_path: Path) -> dict:
     job = req.jobs()[0]
     gbox = job.geobox()
     executor = ThreadExecutor(1)
-    prep = _prepare(req, job, gbox, open_sink(req, req_path.parent / "warp-out"), executor, req.scenes, None)
+    scenes = _discover(req, job, open_sink(req, req_path.parent / "warp-out"), req.scenes)
+    assert scenes is not None
+    prep = _prepare(req, job, gbox, scenes, executor, None)
     executor.close()
-    assert prep is not None
     spec = prep.spec
 
     def warp_block(key: tuple[int, int, int, int]) -> int:

@@ -172,7 +172,7 @@ ahead. 1 runs them one after another."""
 
 @dataclass
 class _Prepared:
-    """A job's scenes, spec and file names, found before its blocks start (:func:`_prepare`)."""
+    """A job's scenes, spec and file names, found before its blocks start (:func:`_discover`, :func:`_prepare`)."""
 
     scenes: list[Scene]
     spec: JobSpec
@@ -185,15 +185,22 @@ class _Prepared:
     the first one imports matplotlib (≈ 0.4 s), which would otherwise lengthen the job's serial tail."""
 
 
-def _prepare(req: ProductionRequest, job: Job, gbox: GeoBox, sink: Sink, executor: BlockExecutor,
-             scenes_source: str | None, landcover: str | None) -> _Prepared | None:
-    """Discover the job's scenes and build what its blocks share; None when ``skip_existing`` finds its outputs."""
+def _discover(req: ProductionRequest, job: Job, sink: Sink, scenes_source: str | None) -> list[Scene] | None:
+    """The job's scenes (on a background thread, ahead of the blocks); None when ``skip_existing`` finds its
+    outputs."""
     if req.rerun == "skip_existing" and _all_exist(sink, job):
         return None
     inputs = {s.id: load_network_set(req.network_set(s.id)).inputs for s in members(req.sensor)}
     find = stac_api.discover if stac_api.is_stac_api(scenes_source) else discover
-    scenes = find(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
-                  inputs=inputs) if scenes_source else []
+    return find(scenes_source, req.sensor, job.region.geometry, job.start, job.end,
+                inputs=inputs) if scenes_source else []
+
+
+def _prepare(req: ProductionRequest, job: Job, gbox: GeoBox, scenes: list[Scene], executor: BlockExecutor,
+             landcover: str | None) -> _Prepared:
+    """What the blocks of a job share, shared with the executor. On the pipeline's loop thread: the job spec
+    projects the region and the footprints with the transformer the job's grid was made with, and pyproj makes a
+    transformer anew (≈ 70 ms) on each thread that first uses it."""
     spec = job_spec(req, job, scenes, gbox, landcover)
     names = {n.product: n for n in job.output_names()}
     tags = JobTags(req.request_id, req.sensor, req.algorithm,
@@ -257,7 +264,7 @@ class _Open:
     t0: float
     state: str = "preparing"  # → computing → finishing
     prep: _Prepared | None = None
-    prep_future: Future[_Prepared | None] | None = None
+    prep_future: Future[list[Scene] | None] | None = None
     outputs: OutputSet | None = None
     folder: Path | None = None
     summary: JobSummary | None = None
@@ -329,9 +336,6 @@ class _Pipeline:
         finally:
             self.preparing.shutdown(wait=True, cancel_futures=True)
             self.finishing.shutdown(wait=True)
-            for job in self.open.values():  # discovered after an interrupt: nothing will compute them
-                if job.state == "preparing" and job.prep_future is not None:
-                    self._unshare_prepared(job.prep_future)
         if self.failures:
             raise self.failures[min(self.failures)]
         return [self.done[i] for i in range(len(self.jobs))]
@@ -345,8 +349,7 @@ class _Pipeline:
             gbox = job.geobox()
             o = _Open(i, job, gbox, deque(blocks(gbox, self.block_size)), time.perf_counter())
             self.open[i] = o
-            o.prep_future = self.preparing.submit(_prepare, self.req, job, gbox, self.sink, self.executor,
-                                                  self.source, self.landcover)
+            o.prep_future = self.preparing.submit(_discover, self.req, job, self.sink, self.source)
             o.prep_future.add_done_callback(lambda f, i=i: self.events.put(("prepared", i, f)))
 
     def _feed(self) -> None:
@@ -361,13 +364,14 @@ class _Pipeline:
             if self.in_flight >= self.executor.in_flight:
                 return
 
-    def _on_prepared(self, job: _Open, fut: Future[_Prepared | None]) -> None:
+    def _on_prepared(self, job: _Open, fut: Future[list[Scene] | None]) -> None:
         if job.aborted:  # aborted while its scenes were searched
-            self._unshare_prepared(fut)
             del self.open[job.index]
             return
         try:
-            prep = fut.result()
+            scenes = fut.result()
+            prep = None if scenes is None else _prepare(self.req, job.job, job.gbox, scenes, self.executor,
+                                                        self.landcover)
         except Exception as e:
             self._fail(job, e)
             return
@@ -432,13 +436,6 @@ class _Pipeline:
 
     # --------------------------------------------------------------------------------------------- failures
 
-    def _unshare_prepared(self, fut: Future[_Prepared | None]) -> None:
-        """Release what a discovery that will not be computed shared with the executor."""
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
-            prep = fut.result()
-            if prep is not None:
-                self.executor.unshare(prep.handle)
-
     def _fail(self, job: _Open, error: BaseException) -> None:
         self.failures[job.index] = error
         self._abort(job)
@@ -457,10 +454,8 @@ class _Pipeline:
         if job.state == "preparing":
             fut = job.prep_future
             if fut is None or fut.cancel() or fut.done():
-                if fut is not None:
-                    self._unshare_prepared(fut)
                 del self.open[job.index]
-            return  # else still searching: its "prepared" event releases what it shared
+            return  # else still searching: its "prepared" event drops it
         self.executor.cancel(list(job.pending))
         self.in_flight -= len(job.pending)
         job.pending.clear()
