@@ -201,11 +201,8 @@ class ProductWriter:
                 data, row, col = halve(data, self._nodata, self._categorical), row // 2, col // 2
             self._ds[k].write(data, 1, window=Window(col, row, data.shape[1], data.shape[0]))
             self._unflushed += data.nbytes
-            if k == self._levels and self._stream is not None and self._stream.add(row, data.shape):
-                # rows were read back for GDAL's levels: closing drops their blocks from GDAL's cache, which would
-                # otherwise fill with the whole map (REOPEN_BYTES counts only what is written)
-                self._ds[k].close()
-                self._ds[k] = rasterio.open(self._level_paths[k], "r+")
+            if k == self._levels and self._stream is not None and not self._stream.add(data, row, col):
+                self._drop_stream()
         if self._unflushed >= REOPEN_BYTES:
             for k, ds in enumerate(self._ds):  # compresses and writes the cached tiles (see REOPEN_BYTES)
                 ds.close()
@@ -232,7 +229,7 @@ class ProductWriter:
         paths = [self.path.with_name(f"{self.path.stem}.S{k}.tif")
                  for k in range(self._levels + 1, len(self._shapes) + 1)]
         return LevelStream(parent, shapes, np.dtype(self._profile["dtype"]), self._nodata, paths,
-                           self._create_level, INTERNAL_TILE, lambda k=self._levels: self._ds[k])
+                           self._create_level, INTERNAL_TILE)
 
     def _drop_stream(self) -> None:
         if self._stream is not None:
@@ -275,7 +272,7 @@ class ProductWriter:
         scratch = dst.with_name(dst.stem + ".ovr.tif")
         try:
             sources: list[tuple[Path, int]] = [(p, 0) for p in self._level_paths[:self._levels + 1]]
-            if self._stream is not None and not self._stream.complete:  # a block was never written: GDAL's, now
+            if self._stream is not None and not self._stream.complete:  # gave up, or a block was never written
                 self._drop_stream()
             with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
                 if self._stream is not None:
@@ -304,10 +301,9 @@ class ProductWriter:
         return dst
 
     def _create_level(self, path: Path, shape: tuple[int, int]) -> rasterio.io.DatasetWriter:
-        """A new tiled GeoTIFF for one level of ``shape`` (the full grid or an overview of it), open for reading
-        too (:mod:`.levels` reads the rows of a level as they complete)."""
+        """A new tiled GeoTIFF for one level of ``shape`` (the full grid or an overview of it)."""
         h, w = shape
-        return rasterio.open(path, "w+", width=w, height=h, **self._profile,
+        return rasterio.open(path, "w", width=w, height=h, **self._profile,
                              transform=self._gbox.transform @ Affine.scale(self._gbox.width / w, self._gbox.height / h))
 
     def _reads_levels(self) -> bool:
