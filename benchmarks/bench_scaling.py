@@ -13,6 +13,9 @@ a STAC API (stac-fastapi, static backend; both on loopback, as in the tests), th
 * ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on as many fresh workers,
   as the engine reads them (``reading.read_many`` per scene, its per-thread pool of open sources included).
 
+Before the timed runs it searches the STAC API once: a public API is warm, and the client's first search imports
+pystac-client (a process cost, like loading the compiled kernel, which is also outside the timing).
+
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
 process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
 compute time over wall time × workers, from Dask's task stream) and end-to-end / warp-only (target ≤ 1.2).

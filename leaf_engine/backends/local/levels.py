@@ -28,10 +28,10 @@ from rasterio.enums import Resampling
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-STREAM_BYTES = 16 * 1024 * 1024
+STREAM_BYTES = 8 * 1024 * 1024
 """Largest buffer of parent rows (bytes) that one map's stream holds: blocks arriving further ahead of the first
-incomplete row than this make the stream give up. 16 MB holds three rows of 512² blocks up to 10 900 px wide
-(uint8); the buffer grows only as far as the blocks' order needs."""
+incomplete row than this make the stream give up. 8 MB holds four rows of 512² blocks up to 4096 px wide, two up
+to 8192 (uint8); the buffer grows only as far as the blocks' order needs."""
 
 READ_ROWS = 128
 """Most rows of a level made in one resampled read, so the strips and GDAL's working buffers stay small whatever
