@@ -12,7 +12,7 @@ fractional window of an in-memory strip of them: the same weights as GDAL's read
 When the blocks arrive too far out of row order for the buffer (a retried block, a caller writing bottom-up) the
 stream gives up (:attr:`LevelStream.failed`) and the writer makes the levels after the last block, as before.
 (Reading the complete rows back from the parent level's file instead needs no buffer, but measured slower: the
-tiles are decompressed again, 1.2–1.4× the client's CPU at 4001², and the tail grew back.)
+tiles are decompressed again, ≈ 1.4× the client's CPU at 4001², and a longer tail.)
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ to 8192 (uint8); the buffer grows only as far as the blocks' order needs."""
 
 READ_ROWS = 128
 """Most rows of a level made in one resampled read, so the strips and GDAL's working buffers stay small whatever
-the region (blocks arriving bottom-up complete the whole map at once). With 512 the writer's peak at 4097² was
-56 MB instead of 38 (``tests/test_local_writer.py``)."""
+the region (blocks arriving bottom-up complete the whole map at once)."""
 
 _PIXEL_GRID = Affine(1, 0, 0, 0, -1, 1)  # the in-memory strips' georeferencing: pixel space (GDAL warns on identity)
 
