@@ -29,6 +29,13 @@ class Band:
     ee_band: str
     stac_keys: tuple[str, ...]
     common_name: str
+    eo_v2_name: str = ""
+    """The band's common name in the eo extension v2 (STAC 1.1 ``bands[].eo:common_name``) where it differs:
+    the red edges are ``rededge071``/``075``/``078`` there (Copernicus Data Space), ``rededge1``/``2``/``3`` in v1."""
+
+    @property
+    def common_names(self) -> tuple[str, ...]:
+        return (self.common_name, self.eo_v2_name) if self.eo_v2_name else (self.common_name,)
 
 
 # ----------------------------------------------------------------------------------------------- quality layers
@@ -207,16 +214,16 @@ class Sensor:
         return tuple(chosen)
 
 
-def _b(net: str, ee: str, common: str, *keys: str) -> Band:
-    return Band(net_input=net, ee_band=ee, stac_keys=(common, *keys), common_name=common)
+def _b(net: str, ee: str, common: str, *keys: str, eo_v2: str = "") -> Band:
+    return Band(net_input=net, ee_band=ee, stac_keys=(common, *keys), common_name=common, eo_v2_name=eo_v2)
 
 
 _S2_BANDS = (
     _b("B3", "B3", "green", "B03"),
     _b("B4", "B4", "red", "B04"),
-    _b("B5", "B5", "rededge1", "rededge", "B05"),
-    _b("B6", "B6", "rededge2", "B06"),
-    _b("B7", "B7", "rededge3", "B07"),
+    _b("B5", "B5", "rededge1", "rededge", "B05", eo_v2="rededge071"),
+    _b("B6", "B6", "rededge2", "B06", eo_v2="rededge075"),
+    _b("B7", "B7", "rededge3", "B07", eo_v2="rededge078"),
     _b("B8A", "B8A", "nir08", "B8A"),
     _b("B11", "B11", "swir16", "B11"),
     _b("B12", "B12", "swir22", "B12"),
@@ -367,9 +374,13 @@ EARTH_RADIUS_KM = 6371.0
 
 # Scene-mean view angles of STAC items, in the convention of the Earth Engine path (the B8A mean incidence angles
 # of the S2 metadata: zenith at the ground, azimuth of the line of sight from the ground towards the sensor).
-VIEW_ZENITH_PROPERTIES: tuple[str, ...] = (
-    "s2:mean_incidence_zenith_angle_b8a", "s2:mean_view_zenith", "view:incidence_angle")
-VIEW_AZIMUTH_PROPERTIES: tuple[str, ...] = ("s2:mean_incidence_azimuth_angle_b8a", "s2:mean_view_azimuth")
+S2_VIEW_BAND = "B8A"
+"""The band whose mean incidence angles the Earth Engine path uses (``MEAN_INCIDENCE_*_ANGLE_B8A``)."""
+B8A_VIEW_PROPERTIES: tuple[str, str] = ("s2:mean_incidence_zenith_angle_b8a", "s2:mean_incidence_azimuth_angle_b8a")
+"""Item properties that state exactly that band's angles (zenith, azimuth). Next come the ``view:incidence_angle``
+/ ``view:azimuth`` of the band's own asset (Copernicus Data Space gives them per band), then the properties below."""
+VIEW_ZENITH_PROPERTIES: tuple[str, ...] = (B8A_VIEW_PROPERTIES[0], "s2:mean_view_zenith", "view:incidence_angle")
+VIEW_AZIMUTH_PROPERTIES: tuple[str, ...] = (B8A_VIEW_PROPERTIES[1], "s2:mean_view_azimuth")
 STAC_VIEW_AZIMUTH = "view:azimuth"
 """STAC view extension: "the angle measured from the sub-satellite point between the scene center and true north"
 — the direction from the sensor to the scene, so the ground-to-sensor azimuth is this + 180°. Except for
@@ -379,8 +390,7 @@ S2_GRANULE_METADATA_ASSETS: tuple[str, ...] = ("granule_metadata", "granule-meta
 """Asset keys of the S2 tile metadata (``MTD_TL.xml``: Earth Search, Planetary Computer), whose B8A mean viewing
 incidence angles give the view geometry where the item's properties do not (neither catalogue has them there)."""
 S2_GRANULE_VIEW_BAND_ID = "8"
-"""``bandId`` of B8A in the granule metadata's band numbering (B1 = 0 … B8 = 7, B8A = 8): the band whose mean
-incidence angles the Earth Engine path uses (``MEAN_INCIDENCE_*_ANGLE_B8A``)."""
+"""``bandId`` of :data:`S2_VIEW_BAND` (B8A) in the granule metadata's band numbering (B1 = 0 … B8 = 7, B8A = 8)."""
 
 S2_OFFSET_BASELINE = 4.0
 S2_BOA_OFFSET_DN = -1000

@@ -219,3 +219,34 @@ def item_transform():
     from affine import Affine
 
     return Affine(20, 0, 360000, 0, -20, 4840000)
+
+
+def test_stac_11_band_fields_name_the_band_and_its_scaling(tmp_path):
+    """STAC 1.1 (eo and raster v2): ``bands[].eo:common_name`` with the v2 red-edge names, ``raster:scale`` /
+    ``raster:offset`` on the asset, the band's own value taking precedence, and asset keys with a resolution
+    suffix preferred by their original sampling."""
+    item = make_item(tmp_path, "s2", "S2_SR", WHEN, VEGETATION, scale=2e-4, offset=-0.05)
+    v2_names = {"rededge1": "rededge071", "rededge2": "rededge075", "rededge3": "rededge078"}
+    for key in list(item.assets):
+        asset = item.assets.pop(key)
+        if not asset.extra_fields.get("eo:bands"):
+            item.assets[key] = asset
+            continue
+        common = asset.extra_fields.pop("eo:bands")[0]["common_name"]
+        scaling = asset.extra_fields.pop("raster:bands")[0]
+        asset.extra_fields.update({"raster:scale": 1.0, "raster:offset": 0.0, "nodata": 0})  # overridden below
+        asset.extra_fields["bands"] = [{"name": key, "eo:common_name": v2_names.get(common, common),
+                                        "raster:scale": scaling["scale"], "raster:offset": scaling["offset"]}]
+        asset.roles = ["data", "sampling:original"]
+        item.assets[f"X{key}_20m"] = asset
+        coarse = asset.clone()
+        coarse.roles = ["data", "sampling:downsampled"]
+        coarse.href = "no-such-file.tif"
+        item.assets[f"X{key}_60m"] = coarse
+    scene = scene_from_item(item, SENSORS["S2_SR"])
+    assert list(scene.bands) == list(SENSORS["S2_SR"].band_names())
+    for band in SENSORS["S2_SR"].bands:
+        ref = scene.bands[band.net_input]
+        assert (ref.scale, ref.offset, ref.nodata) == (2e-4, -0.05, 0.0)
+        values, _ = read_scaled(ref, _grid_of(item))
+        np.testing.assert_allclose(values, VEGETATION[band.common_name], atol=1e-4)

@@ -6,7 +6,9 @@ public repositories; origins in that folder's README). Each is loaded unchanged 
 :mod:`leaf_engine.backends.local.stac_api` and turned into scenes by :mod:`leaf_engine.backends.local.scenes`.
 Only the hrefs of the assets the engine reads are moved (the pixels cannot be fetched here): to small COGs of
 known DN, under the published file names, on a range-request file server; the S2 granule metadata asset points
-at a real ``MTD_TL.xml``. Every other field is as published.
+at a real ``MTD_TL.xml``. Every other field is as published. The Copernicus Data Space item keeps its ``s3://``
+hrefs too: small JPEG 2000 files (its format) lie under those bucket paths on the file server, which GDAL's S3
+client is pointed at as the endpoint (path-style, unsigned).
 
 What the tests hold each item to comes from the item (its declared scale/offset, bit fields, angles, date, cloud
 cover) and from the catalogue's documented rules (the S2 BOA offset, Earth Search's ``boa_offset_applied``), not
@@ -15,13 +17,17 @@ from the engine's own tables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pystac
@@ -66,6 +72,7 @@ _OLI_FILES = {f"SR_B{i}": f"SR_B{i}" for i in (3, 4, 5, 6, 7)}
 _TM_FILES = {"green(B2)": "SR_B2", "red(B3)": "SR_B3", "nir(B4)": "SR_B4", "swir1(B5)": "SR_B5",
              "swir2(B7)": "SR_B7"}
 C2 = (2.75e-5, -0.2)  # declared by every Landsat item in raster:bands
+CDSE = "S2B_MSIL2A_20200322T074609_N0500_R135_T36NYH_20230612T214223"
 
 ITEMS = [
     # Earth Search, baseline 05.09, boa_offset_applied true: the COG DN no longer carry the +1000, so the −0.1 its
@@ -82,7 +89,11 @@ ITEMS = [
     Published("LC08_L2SP_047027_20201204_02_T1", "planetary-computer", "L8_SR", *C2, _OLI_FILES),
     Published("LE07_L2SP_021030_20100109_02_T1", "planetary-computer", "L7_SR", *C2, _TM_FILES),
     Published("LT05_L2SP_010067_19860424_02_T2", "planetary-computer", "L5_SR", *C2, _TM_FILES),
+    # Copernicus Data Space (STAC 1.1): JPEG 2000 on its own S3 store, each band at several resolutions, and the
+    # BOA offset of baseline 05.00 stated on every asset (raster:offset −0.1)
+    Published(CDSE, "copernicus-dataspace", "S2_SR", 1e-4, -0.1, _S2_FILES),
 ]
+CATALOGUES = ("earth-search", "planetary-computer", "copernicus-dataspace")
 BY_ID = {p.file: p for p in ITEMS}
 
 
@@ -92,7 +103,9 @@ def published(name: str) -> dict[str, Any]:
 
 def _epsg(doc: dict[str, Any]) -> str:
     p = doc["properties"]
-    return p.get("proj:code") or f"EPSG:{p['proj:epsg']}"
+    if "proj:code" in p or "proj:epsg" in p:
+        return p.get("proj:code") or f"EPSG:{p['proj:epsg']}"
+    return next(a["proj:code"] for a in doc["assets"].values() if "proj:code" in a)  # STAC 1.1: on the assets
 
 
 def _grid(doc: dict[str, Any]) -> GeoBox:
@@ -118,14 +131,19 @@ def _bitfields(asset: dict[str, Any]) -> dict[str, int]:
     return {f["name"]: f["offset"] for f in asset.get("classification:bitfields", []) if f["length"] == 1}
 
 
+def _layer(key: str) -> str:
+    """An asset key without its resolution suffix (``SCL_20m`` → ``scl``), lower case."""
+    return re.sub(r"_\d+m$", "", key).lower()
+
+
 def _quality_values(key: str, asset: dict[str, Any]) -> np.ndarray:
     """Per pixel one class or one flag: SCL classes 0-11; QA_PIXEL each single-bit flag the item declares, alone;
     QA_RADSAT each band's saturation bit in the last pixels, nothing set elsewhere."""
     flat = np.zeros(SHAPE[0] * SHAPE[1], np.uint16)
-    if key.lower() == "scl":
+    if _layer(key) == "scl":
         flat[:12] = np.arange(12)
         flat[12:] = 4
-    elif key.lower() == "qa_pixel":
+    elif _layer(key) == "qa_pixel":
         bits = sorted(_bitfields(asset).values())
         flat[:] = 1 << _bitfields(asset)["clear"]
         flat[: len(bits)] = [1 << b for b in bits]
@@ -135,9 +153,13 @@ def _quality_values(key: str, asset: dict[str, Any]) -> np.ndarray:
 
 
 def _write(path: Path, data: np.ndarray, gbox: GeoBox, nodata: float | None) -> None:
+    """A COG, or a lossless JPEG 2000 file where the published name says ``.jp2``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs=gbox.crs.wkt, transform=gbox.transform, nodata=nodata) as ds:
+    jp2 = path.suffix.lower() == ".jp2"
+    options = {"QUALITY": 100, "REVERSIBLE": "YES"} if jp2 else {}
+    with rasterio.open(path, "w", driver="JP2OpenJPEG" if jp2 else "COG", width=data.shape[1],
+                       height=data.shape[0], count=1, dtype=data.dtype, crs=gbox.crs.wkt, transform=gbox.transform,
+                       nodata=nodata, **options) as ds:
         ds.write(data, 1)
 
 
@@ -145,8 +167,21 @@ def _file_name(href: str) -> str:
     return href.split("?")[0].rsplit("/", 1)[-1]
 
 
+def _serve(item: pystac.Item, key: str, files: Path, url: str, data: np.ndarray, gbox: GeoBox,
+           nodata: float | None) -> None:
+    """Asset ``key``'s file with ``data``: an ``s3://`` href stays as published, its file under the bucket path
+    (the file server is the S3 endpoint); any other href moves to ``url``."""
+    href = item.assets[key].href
+    if href.startswith("s3://"):
+        _write(files / href.removeprefix("s3://"), data, gbox, nodata)
+        return
+    name = _file_name(href)
+    _write(files / item.id / name, data, gbox, nodata)
+    item.assets[key].href = f"{url}/{item.id}/{name}"
+
+
 def _served_item(doc: dict[str, Any], files: Path, url: str) -> pystac.Item:
-    """The published item with the hrefs of the assets the engine reads moved to COGs of known DN on ``url``."""
+    """The published item with the hrefs of the assets the engine reads moved to files of known DN on ``url``."""
     doc = json.loads(json.dumps(doc))
     # the hierarchy links name the publisher's API (or its folder): the loopback API writes its own
     doc["links"] = [link for link in doc["links"] if link["rel"] not in ("self", "root", "parent", "collection")
@@ -159,17 +194,13 @@ def _served_item(doc: dict[str, Any], files: Path, url: str) -> pystac.Item:
                  if any(_file_name(a["href"]).split(".")[0].endswith(f) or f"_{f}_" in _file_name(a["href"])
                         for f in spec.band_files.values()) and "jp2" not in k}
     for i, key in enumerate(sorted(band_keys)):
-        name = _file_name(doc["assets"][key]["href"])
-        _write(files / item.id / name, _dn(i, spec.sensor), gbox, 0)
-        item.assets[key].href = f"{url}/{item.id}/{name}"
+        _serve(item, key, files, url, _dn(i, spec.sensor), gbox, 0)
     for layer in sensor.quality:
-        for key in layer.stac_keys:
-            if key in doc["assets"]:
-                name = _file_name(doc["assets"][key]["href"])
-                _write(files / item.id / name, _quality_values(key, doc["assets"][key]), gbox, None)
-                item.assets[key].href = f"{url}/{item.id}/{name}"
+        for key in doc["assets"]:
+            if _layer(key) in {k.lower() for k in layer.stac_keys}:
+                _serve(item, key, files, url, _quality_values(key, doc["assets"][key]), gbox, None)
     for key in ("granule_metadata", "granule-metadata"):
-        if key in item.assets:
+        if key in item.assets and not item.assets[key].href.startswith("s3://"):
             item.assets[key].href = f"{url}/{GRANULE_XML}"
     return item
 
@@ -196,14 +227,31 @@ def served(tmp_path_factory) -> dict[str, Any]:
     files = tmp / "files"
     files.mkdir()
     (files / GRANULE_XML).write_bytes((DATA / GRANULE_XML).read_bytes())
-    with serve_files(files, GRANULE_XML) as url:
+    with serve_files(files, GRANULE_XML) as url, contextlib.ExitStack() as stack, _s3_endpoint(url):
         items = {p.file: _served_item(published(p.file), files, url) for p in ITEMS}
-        apis: dict[str, str] = {}
-        with serve_stac_api(_catalog(tmp / "es", [items[p.file] for p in ITEMS if p.catalogue == "earth-search"])) \
-                as es, serve_stac_api(_catalog(tmp / "pc", [items[p.file] for p in ITEMS
-                                                            if p.catalogue == "planetary-computer"])) as pc:
-            apis["earth-search"], apis["planetary-computer"] = es, pc
-            yield {"files": files, "url": url, "items": items, "apis": apis}
+        apis = {c: stack.enter_context(serve_stac_api(_catalog(tmp / c, [items[p.file] for p in ITEMS
+                                                                         if p.catalogue == c])))
+                for c in CATALOGUES}
+        yield {"files": files, "url": url, "items": items, "apis": apis}
+
+
+S3_ENDPOINT_ENV = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_NO_SIGN_REQUEST")
+
+
+@contextlib.contextmanager
+def _s3_endpoint(url: str) -> Iterator[None]:
+    """GDAL's S3 client pointed at the file server (as a Copernicus Data Space user points it at
+    eodata.dataspace.copernicus.eu), path-style; unsigned, since the loopback store has no keys."""
+    saved = {k: os.environ.get(k) for k in S3_ENDPOINT_ENV}
+    os.environ.update(zip(S3_ENDPOINT_ENV, (urlsplit(url).netloc, "NO", "FALSE", "YES"), strict=True))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _region(doc: dict[str, Any]) -> shapely.Geometry:
@@ -238,7 +286,7 @@ def test_the_published_items_are_the_files_stored(served):
         # pystac (under the API) migrates projection and storage to their v2 fields: proj:code, storage:schemes
         assert set(got) - set(doc["properties"]) <= {"proj:code", "storage:schemes"}, set(got) - set(doc["properties"])
         for key, value in doc["properties"].items():  # the API may write timestamps in another RFC 3339 form
-            if key in ("datetime", "created", "updated"):
+            if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+(Z|[+-]\d\d:\d\d)", value):
                 assert _instant(got[key]) == _instant(value), key
             elif key == "proj:epsg" and key not in got:  # pystac's migration to projection v2 (proj:code)
                 assert got["proj:code"] == f"EPSG:{value}"
@@ -332,7 +380,13 @@ def test_sun_and_view_angles_date_and_cloud_cover_as_published(served, name):
     else:  # Planetary Computer S2
         want_sun = (p["s2:mean_solar_zenith"], p["s2:mean_solar_azimuth"])
     assert (scene.sun_zenith, scene.sun_azimuth) == pytest.approx(want_sun, abs=1e-9)
-    if spec.sensor == "S2_SR":  # neither catalogue has S2 view angles in the properties: the granule metadata
+    if spec.catalogue == "copernicus-dataspace":
+        # each band's asset states that band's mean incidence angles: B8A's are the Earth Engine path's
+        # (MEAN_INCIDENCE_*_ANGLE_B8A), not the item's view:incidence_angle / view:azimuth (another mean)
+        b8a = doc["assets"]["B8A_20m"]
+        assert (scene.view_zenith, scene.view_azimuth) == (b8a["view:incidence_angle"], b8a["view:azimuth"])
+        assert scene.view_zenith != p["view:incidence_angle"] and scene.view_azimuth != p["view:azimuth"]
+    elif spec.sensor == "S2_SR":  # neither other catalogue has S2 view angles in the properties: the granule metadata
         assert not any(k.startswith(("view:incidence", "view:azimuth", "s2:mean_incidence")) for k in p)
         assert (scene.view_zenith, scene.view_azimuth) == (GRANULE_VZA, GRANULE_VAA)
     else:  # Landsat: view:off_nadir 0 and no view azimuth: nadir
@@ -361,11 +415,46 @@ def test_items_lacking_what_the_engine_needs_raise_errors_naming_it(served):
     not_xml.assets["granule_metadata"].href = not_xml.assets["nir08"].href
     with pytest.raises(SceneError, match=r"asset 'granule_metadata'"):
         scene_from_item(not_xml, s2)
+    cdse = served["items"][CDSE].clone()
+    del cdse.assets["B8A_20m"]  # its 60 m copy stands in, angles included
+    scene = scene_from_item(cdse, s2)
+    assert scene.bands["B8A"].href.endswith("_B8A_60m.jp2") and scene.view_zenith == 3.3333612772501
+    del cdse.assets["B8A_60m"]
+    with pytest.raises(SceneError, match=rf"'{CDSE}' lacks assets for B8A \(nir08/B8A\)"):
+        scene_from_item(cdse, s2)
     pc = served["items"]["S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458"].clone()
     del pc.assets["B8A"]
     with pytest.raises(SceneError, match=r"'S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458' lacks assets "
                                          r"for B8A"):
         scene_from_item(pc, s2)
+
+
+def test_copernicus_dataspace_bands_are_its_original_jpeg2000_files_read_from_its_s3_store(served):
+    """Each band at several resolutions (``B04_10m``, ``B04_20m``, ``B04_60m``): the one of its original sampling
+    (as Earth Search and Planetary Computer publish only that one), SCL at 20 m; read as JPEG 2000 through GDAL's
+    S3 client, the hrefs as published."""
+    doc = published(CDSE)
+    scene = _scene(served, CDSE)
+    keys = {ref.href: k for k, a in doc["assets"].items() for ref in (*scene.bands.values(),
+                                                                       *(r for _, r in scene.quality))
+            if a["href"] == ref.href}
+    assert len(keys) == len(scene.bands) + 1
+    for href, key in keys.items():
+        assert href.startswith("s3://eodata/") and "sampling:original" in doc["assets"][key]["roles"], key
+    assert keys[scene.quality[0][1].href] == "SCL_20m"
+    assert [keys[r.href] for r in scene.bands.values()] == [
+        "B03_10m", "B04_10m", "B05_20m", "B06_20m", "B07_20m", "B8A_20m", "B11_20m", "B12_20m"]
+    with rasterio.open(scene.bands["B8A"].href) as src:
+        assert src.driver == "JP2OpenJPEG" and src.files[0].startswith("/vsis3/eodata/")
+
+
+def test_an_s3_store_other_than_aws_must_be_named(served, monkeypatch):
+    """Without an S3 endpoint GDAL would ask AWS for Copernicus Data Space's bucket: the scene says what to set."""
+    monkeypatch.delenv("AWS_S3_ENDPOINT")
+    with pytest.raises(SceneError, match=rf"item '{CDSE}': asset 'B03_10m' is in the S3 bucket 'eodata' on "
+                                         r"eodata\.dataspace\.copernicus\.eu .*AWS_S3_ENDPOINT=eodata\.dataspace"
+                                         r"\.copernicus\.eu and AWS_VIRTUAL_HOSTING=FALSE"):
+        scene_from_item(served["items"][CDSE], SENSORS["S2_SR"])
 
 
 def test_the_granule_metadata_read_is_retried(served, monkeypatch):
@@ -390,7 +479,8 @@ def test_the_granule_metadata_is_read_once_whatever_its_signature(served):
     assert [path for _, path, _ in log.requests] == [f"/{GRANULE_XML}?st=2024-01-01&sig=a"]
 
 
-@pytest.mark.parametrize("name,code", [("S2A_13TDE_20231008_0_L2A", 21), ("LC08_L2SP_033032_20231008_02_T1", 8)])
+@pytest.mark.parametrize("name,code", [("S2A_13TDE_20231008_0_L2A", 21), ("LC08_L2SP_033032_20231008_02_T1", 8),
+                                       (CDSE, 21)])
 def test_produce_through_the_api_on_published_items(served, tmp_path, name, code):
     """A request over the published item's footprint, searched in its catalogue's API: the outputs carry the
     item, its sensor code and its quality rule, and the pixels its quality layer rejects are flagged invalid."""
@@ -430,7 +520,7 @@ def test_the_same_scenes_through_pgstac(served, tmp_path):
             pytest.fail(f"LEAF_REQUIRE_PGSTAC=1 but {reason}")
         pytest.skip(reason)
     databases = {}
-    for catalogue in ("earth-search", "planetary-computer"):
+    for catalogue in CATALOGUES:
         items = [served["items"][p.file] for p in ITEMS if p.catalogue == catalogue]
         collections = [pystac.Collection(id=cid, description=cid, extent=pystac.Extent(
             pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])))

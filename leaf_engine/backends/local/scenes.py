@@ -2,7 +2,8 @@
 
 A scene knows, per SL2P input band, which asset to read and how to turn its DN into reflectance, which quality
 layer masks it, and its sun/view geometry. Asset keys follow the public catalogues (Earth Search / Planetary
-Computer: ``green``/``red``/``nir08``…, ``B03``…``B12``, ``scl``, ``qa_pixel``), taken from ``sensors.Band``.
+Computer: ``green``/``red``/``nir08``…, ``B03``…``B12``, ``scl``, ``qa_pixel``; Copernicus Data Space: ``B04_10m``,
+``SCL_20m``), taken from ``sensors.Band``, else the bands' common names (STAC 1.0 ``eo:bands``, 1.1 ``bands``).
 Items without a quality asset are accepted: every pixel counts as clear unless it is nodata (e.g. THEIA L3A).
 """
 
@@ -18,12 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pystac
+import rasterio.env
 import shapely
 from shapely.geometry import shape
 
 from ...composite import MAX_SCENE_CLOUD_COVER
 from ...errors import LeafError
 from ...sensors import (
+    B8A_VIEW_PROPERTIES,
     EARTH_RADIUS_KM,
     S2_BASELINE_ID_PROPERTIES,
     S2_BASELINE_PROPERTIES,
@@ -34,6 +37,7 @@ from ...sensors import (
     S2_GRANULE_VIEW_BAND_ID,
     S2_OFFSET_BASELINE,
     S2_OFFSET_SINCE,
+    S2_VIEW_BAND,
     STAC_VIEW_AZIMUTH,
     VIEW_AZIMUTH_PROPERTIES,
     VIEW_ZENITH_PROPERTIES,
@@ -136,24 +140,65 @@ def sensor_of_item(item: pystac.Item) -> Sensor | None:
     return sensor_for_platform(str(item.properties.get("platform") or ""), item.collection_id)
 
 
-def _asset_key(item: pystac.Item, keys: Iterable[str], common_name: str | None = None) -> str | None:
+_RESOLUTION_SUFFIX = re.compile(r"(?P<key>.+)_(?P<metres>\d+)m", re.IGNORECASE)
+"""Asset keys that name the band and its resolution (Copernicus Data Space: ``B04_10m``, ``B04_20m``, ``SCL_20m``)."""
+
+
+def _common_names(asset: pystac.Asset) -> list[str]:
+    """The asset's band common names: eo v1 ``eo:bands[].common_name``, or STAC 1.1 ``bands[].eo:common_name``."""
+    fields = asset.extra_fields
+    if fields.get("eo:bands"):
+        return [str(b.get("common_name") or "") for b in fields["eo:bands"]]
+    return [str(b.get("eo:common_name") or "") for b in fields.get("bands") or []]
+
+
+def _is_jpeg2000(asset: pystac.Asset) -> bool:
+    return "jp2" in (asset.media_type or "").lower() or \
+        urlsplit(asset.href).path.lower().endswith((".jp2", ".j2k"))
+
+
+def _preference(item: pystac.Item, key: str) -> tuple[bool, bool, float, str]:
+    """Among assets of one band: the original sampling first (not ESA's resampled copies), then the finest."""
+    asset = item.assets[key]
+    m = _RESOLUTION_SUFFIX.fullmatch(key)
+    metres = float(asset.extra_fields.get("gsd") or (m["metres"] if m else 0))
+    return _is_jpeg2000(asset), "sampling:original" not in (asset.roles or []), metres, key
+
+
+def _asset_key(item: pystac.Item, keys: Iterable[str], common_names: Sequence[str] = ()) -> str | None:
+    """The item's asset for one band or layer: one of ``keys`` (case-insensitive, in their order), else a key of
+    them with a resolution suffix, else the single-band asset labelled with one of ``common_names``."""
+    keys = list(keys)
     by_lower = {k.lower(): k for k in item.assets}
     for k in keys:
         if k.lower() in by_lower:
             return by_lower[k.lower()]
-    if common_name:  # catalogues with other key conventions still label bands with eo:bands common names
-        for k, a in item.assets.items():
-            eo = a.extra_fields.get("eo:bands") or []
-            # GeoTIFFs only: Earth Search's ``*-jp2`` twins carry the same eo:bands, but are ESA's JPEG 2000 files
-            # in a requester-pays bucket, whose DN keep the BOA offset the COGs had removed
-            if len(eo) == 1 and eo[0].get("common_name") == common_name and "tiff" in (a.media_type or "tiff"):
-                return k
-    return None
+    wanted = {k.lower() for k in keys}
+    found = [k for k in item.assets if (m := _RESOLUTION_SUFFIX.fullmatch(k)) and m["key"].lower() in wanted]
+    if not found and common_names:  # catalogues with other key conventions still label bands with common names
+        found = [k for k, a in item.assets.items()
+                 if len(names := _common_names(a)) == 1 and names[0] in common_names]
+    # JPEG 2000 only where it is the product's format (Copernicus Data Space), never standing in for a missing
+    # GeoTIFF: Earth Search's ``*-jp2`` twins are ESA's files in a requester-pays bucket, whose DN keep the BOA
+    # offset the COGs had removed
+    if any(_common_names(a) and not _is_jpeg2000(a) for a in item.assets.values()):
+        found = [k for k in found if not _is_jpeg2000(item.assets[k])]
+    return min(found, key=lambda k: _preference(item, k), default=None)
 
 
 def _raster_band(asset: pystac.Asset) -> dict[str, Any]:
+    """The asset's declared ``scale``, ``offset`` and ``nodata``: raster v1 ``raster:bands[0]``, or STAC 1.1
+    (raster v2) ``raster:scale`` / ``raster:offset`` / ``nodata`` on the asset, its single band's taking
+    precedence."""
     bands = asset.extra_fields.get("raster:bands") or []
-    return bands[0] if bands else {}
+    if bands:
+        return dict(bands[0])
+    out: dict[str, Any] = {}
+    for fields in (asset.extra_fields, *(asset.extra_fields.get("bands") or [])[:1]):
+        for key, name in (("raster:scale", "scale"), ("raster:offset", "offset"), ("nodata", "nodata")):
+            if fields.get(key) is not None:
+                out[name] = fields[key]
+    return out
 
 
 _BASELINE_IN_NAME = re.compile(r"_N(\d{2})\.?(\d{2})(?:_|$)")
@@ -293,16 +338,31 @@ def _read_granule_view_angles(href: str) -> tuple[float, float]:
     raise ValueError(f"no Mean_Viewing_Incidence_Angle with bandId={S2_GRANULE_VIEW_BAND_ID}")
 
 
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _view_band_angles(item: pystac.Item, sensor: Sensor) -> tuple[float | None, float | None]:
+    """``view:incidence_angle`` / ``view:azimuth`` of the view band's own asset (Copernicus Data Space states each
+    band's mean incidence angles on its asset)."""
+    band = sensor.band(S2_VIEW_BAND)
+    key = _asset_key(item, band.stac_keys, band.common_names)
+    fields = item.assets[key].extra_fields if key else {}
+    return _angle(fields, "view:incidence_angle"), _angle(fields, STAC_VIEW_AZIMUTH)
+
+
 def scene_angles(item: pystac.Item, sensor: Sensor | None = None) -> tuple[float, float, float, float]:
     """Scene-mean sun zenith, sun azimuth, view zenith, view azimuth (degrees) from the item's properties, in the
     Earth Engine path's convention (see ``sensors.VIEW_ZENITH_PROPERTIES``).
 
     Sun: ``view:sun_elevation``/``view:sun_azimuth`` or ``s2:mean_solar_zenith``/``_azimuth`` (required).
-    View zenith: the S2 mean incidence zenith, else ``view:incidence_angle``, else (S2) the B8A mean incidence
-    zenith of the granule metadata asset, else ``view:off_nadir`` turned into the zenith at the ground (spherical
-    Earth, the sensor's orbit altitude); nadir (0) when absent.
-    View azimuth: the S2 mean incidence azimuth, else ``view:azimuth`` (+ 180° except for S2: see
-    ``sensors.STAC_VIEW_AZIMUTH``), else (S2) the granule metadata's B8A mean incidence azimuth; 0 when absent.
+    View zenith: the S2 B8A mean incidence zenith (a property, else the B8A asset's ``view:incidence_angle``),
+    else the S2 mean incidence zenith, else ``view:incidence_angle``, else (S2) the B8A mean incidence zenith of
+    the granule metadata asset, else ``view:off_nadir`` turned into the zenith at the ground (spherical Earth,
+    the sensor's orbit altitude); nadir (0) when absent.
+    View azimuth: the S2 B8A mean incidence azimuth (a property, else the B8A asset's ``view:azimuth``), else the
+    S2 mean incidence azimuth, else ``view:azimuth`` (+ 180° except for S2: see ``sensors.STAC_VIEW_AZIMUTH``),
+    else (S2) the granule metadata's B8A mean incidence azimuth; 0 when absent.
     """
     p = item.properties
     elev = _angle(p, "view:sun_elevation")
@@ -312,8 +372,9 @@ def scene_angles(item: pystac.Item, sensor: Sensor | None = None) -> tuple[float
         raise SceneError(f"item {item.id!r} has no sun angles: add view:sun_elevation and view:sun_azimuth "
                          "(or s2:mean_solar_zenith/azimuth) to its properties")
     s2_metadata = sensor is not None and sensor.angle_source == "scene_metadata"
-    vza = _angle(p, *VIEW_ZENITH_PROPERTIES)
-    vaa = _angle(p, *VIEW_AZIMUTH_PROPERTIES)
+    band_vza, band_vaa = _view_band_angles(item, sensor) if s2_metadata and sensor else (None, None)
+    vza = _first(_angle(p, B8A_VIEW_PROPERTIES[0]), band_vza, _angle(p, *VIEW_ZENITH_PROPERTIES))
+    vaa = _first(_angle(p, B8A_VIEW_PROPERTIES[1]), band_vaa, _angle(p, *VIEW_AZIMUTH_PROPERTIES))
     if vaa is None and (stac_azimuth := _angle(p, STAC_VIEW_AZIMUTH)) is not None:
         vaa = stac_azimuth if s2_metadata else (stac_azimuth + 180.0) % 360.0
     if s2_metadata and (vza is None or vaa is None) and (granule := _granule_view_angles(item)) is not None:
@@ -330,21 +391,25 @@ def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | N
     """Build a :class:`Scene` with the bands a network set with ``inputs`` needs (None: the sensor's default
     sets'; see :meth:`Sensor.bands_for`); raises :class:`SceneError` naming what the item lacks."""
     bands: dict[str, AssetRef] = {}
+    read: list[str] = []  # the keys of the assets the engine reads
     missing = []
     for band in sensor.bands_for(inputs):
-        key = _asset_key(item, band.stac_keys, band.common_name)
+        key = _asset_key(item, band.stac_keys, band.common_names)
         if key is None:
             missing.append(f"{band.net_input} ({'/'.join(band.stac_keys)})")
         else:
             bands[band.net_input] = reflectance_ref(item, key, sensor)
+            read.append(key)
     if missing:
         raise SceneError(f"item {item.id!r} lacks assets for {', '.join(missing)}")
     mask_key = _asset_key(item, [sensor.mask_asset]) if sensor.mask_asset else None
     sat_key = _asset_key(item, [sensor.saturation_asset]) if sensor.saturation_asset else None
     angle_assets = {name: _plain_ref(item, k, ANGLE_DEFAULT_SCALE)
                     for name, keys in ANGLE_ASSET_KEYS.items() if (k := _asset_key(item, keys)) is not None}
-    quality = tuple((q, _plain_ref(item, k)) for q in sensor.quality
-                    if (k := _asset_key(item, q.stac_keys)) is not None)
+    quality_keys = [(q, k) for q in sensor.quality if (k := _asset_key(item, q.stac_keys)) is not None]
+    quality = tuple((q, _plain_ref(item, k)) for q, k in quality_keys)
+    read += [k for k in (mask_key, sat_key, *(k for _, k in quality_keys)) if k is not None]
+    _check_object_store(item, read)
     sza, saa, vza, vaa = scene_angles(item, sensor)
     if item.datetime is None:
         raise SceneError(f"item {item.id!r} has no datetime")
@@ -357,6 +422,32 @@ def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | N
         sun_zenith=sza, sun_azimuth=saa, view_zenith=vza, view_azimuth=vaa, angle_assets=angle_assets,
         quality=quality, water_test=not any(_flags_water(item, q) for q, _ in quality),
     )
+
+
+def _storage_endpoint(item: pystac.Item, key: str) -> str | None:
+    """The S3 endpoint host where the item stores asset ``key``, when not AWS: its first storage scheme's
+    ``platform`` (storage extension v2: asset ``storage:refs`` → item ``storage:schemes``)."""
+    schemes = item.properties.get("storage:schemes") or {}
+    for ref in item.assets[key].extra_fields.get("storage:refs") or []:
+        host = urlsplit(str((schemes.get(ref) or {}).get("platform") or "")).netloc
+        if host and not host.endswith("amazonaws.com"):
+            return host
+    return None
+
+
+def _check_object_store(item: pystac.Item, keys: Iterable[str]) -> None:
+    """``s3://`` assets kept on another object store than AWS (Copernicus Data Space: ``eodata`` on
+    eodata.dataspace.copernicus.eu) can only be read once GDAL is told that store's endpoint."""
+    if rasterio.env.get_gdal_config("AWS_S3_ENDPOINT"):
+        return
+    for key in keys:
+        href = item.assets[key].href
+        if href.startswith("s3://") and (host := _storage_endpoint(item, key)):
+            raise SceneError(
+                f"item {item.id!r}: asset {key!r} is in the S3 bucket {urlsplit(href).netloc!r} on {host} (its "
+                f"storage:schemes), not on AWS. Set AWS_S3_ENDPOINT={host} and AWS_VIRTUAL_HOSTING=FALSE, with "
+                "that store's keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, in the environment of the "
+                "engine and of every Dask worker")
 
 
 def _flags_water(item: pystac.Item, layer: QualityLayer) -> bool:

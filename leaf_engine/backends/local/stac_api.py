@@ -11,11 +11,12 @@ it; pystac-client follows the ``next`` links, page tokens included, ``PAGE_SIZE`
 429/502/503/504 answers are retried with backoff), and for the cloud-cover limit as a CQL2 filter where the API
 implements the filter extension. Cloud cover, sensor and the exact footprint are then checked on every returned item by
 :func:`scenes.select_scenes`, so an API without the filter extension gives the same scenes. Items are parsed by
-:mod:`.scenes` (asset keys of Earth Search ``red``/``nir08``/``scl`` and of Planetary Computer
-``B04``/``SR_B4``/``SCL`` alike, offsets, masks, angles).
+:mod:`.scenes` (asset keys of Earth Search ``red``/``nir08``/``scl``, of Planetary Computer ``B04``/``SR_B4``/``SCL``
+and of Copernicus Data Space ``B04_10m``/``SCL_20m`` alike, STAC 1.0 and 1.1 band fields, offsets, masks, angles).
 
 Assets are read as Cloud-Optimised GeoTIFFs over HTTP with :data:`GDAL_HTTP_OPTIONS`: only the byte ranges of
-the tiles a block needs are fetched.
+the tiles a block needs are fetched. Copernicus Data Space's JPEG 2000 files are read from its S3 store
+(``AWS_S3_ENDPOINT`` and its keys in the environment: README).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ MAX_ITEMS = 10_000
 GDAL_HTTP_OPTIONS: dict[str, str | int] = {
     # opening a COG must not list the remote "directory" or probe for side-car files
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF,.jp2,.JP2",  # JPEG 2000: Copernicus Data Space
     # adjacent tiles of one block come in one range request; HTTP/2 multiplexes the rest on one connection
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIPLEX": "YES",
