@@ -6,9 +6,10 @@ public repositories; origins in that folder's README). Each is loaded unchanged 
 :mod:`leaf_engine.backends.local.stac_api` and turned into scenes by :mod:`leaf_engine.backends.local.scenes`.
 Only the hrefs of the assets the engine reads are moved (the pixels cannot be fetched here): to small COGs of
 known DN, under the published file names, on a range-request file server; the S2 granule metadata asset points
-at a real ``MTD_TL.xml``. Every other field is as published. The Copernicus Data Space item keeps its ``s3://``
-hrefs too: small JPEG 2000 files (its format) lie under those bucket paths on the file server, which GDAL's S3
-client is pointed at as the endpoint (path-style, unsigned).
+at a real ``MTD_TL.xml``. Every other field is as published. ``s3://`` hrefs are kept as published (Copernicus
+Data Space's JPEG 2000 files on its own store, Earth Search's Landsat COGs in USGS's requester-pays bucket): the
+files lie under those bucket paths on the file server, which GDAL's S3 client is pointed at as the endpoint
+(path-style, unsigned, requester-pays agreed to).
 
 What the tests hold each item to comes from the item (its declared scale/offset, bit fields, angles, date, cloud
 cover) and from the catalogue's documented rules (the S2 BOA offset, Earth Search's ``boa_offset_applied``), not
@@ -235,15 +236,16 @@ def served(tmp_path_factory) -> dict[str, Any]:
         yield {"files": files, "url": url, "items": items, "apis": apis}
 
 
-S3_ENDPOINT_ENV = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_NO_SIGN_REQUEST")
+S3_ENDPOINT_ENV = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_NO_SIGN_REQUEST", "AWS_REQUEST_PAYER")
 
 
 @contextlib.contextmanager
 def _s3_endpoint(url: str) -> Iterator[None]:
     """GDAL's S3 client pointed at the file server (as a Copernicus Data Space user points it at
-    eodata.dataspace.copernicus.eu), path-style; unsigned, since the loopback store has no keys."""
+    eodata.dataspace.copernicus.eu), path-style; unsigned, since the loopback store has no keys; requester-pays
+    reads agreed to."""
     saved = {k: os.environ.get(k) for k in S3_ENDPOINT_ENV}
-    os.environ.update(zip(S3_ENDPOINT_ENV, (urlsplit(url).netloc, "NO", "FALSE", "YES"), strict=True))
+    os.environ.update(zip(S3_ENDPOINT_ENV, (urlsplit(url).netloc, "NO", "FALSE", "YES", "requester"), strict=True))
     try:
         yield
     finally:
@@ -455,6 +457,20 @@ def test_an_s3_store_other_than_aws_must_be_named(served, monkeypatch):
                                          r"eodata\.dataspace\.copernicus\.eu .*AWS_S3_ENDPOINT=eodata\.dataspace"
                                          r"\.copernicus\.eu and AWS_VIRTUAL_HOSTING=FALSE"):
         scene_from_item(served["items"][CDSE], SENSORS["S2_SR"])
+
+
+def test_a_requester_pays_bucket_must_be_agreed_to(served, monkeypatch):
+    """Earth Search's Landsat assets are in USGS's requester-pays bucket (``storage:requester_pays``): without
+    consent every read would be refused (HTTP 403), so the scene says what to set before any block runs."""
+    item = served["items"]["LC08_L2SP_033032_20231008_02_T1"]
+    assert item.assets["red"].href.startswith("s3://usgs-landsat/")  # as published
+    monkeypatch.delenv("AWS_REQUEST_PAYER")
+    with pytest.raises(SceneError, match=r"item 'LC08_L2SP_033032_20231008_02_T1': asset 'green' is in the "
+                                         r"requester-pays S3 bucket 'usgs-landsat' \(us-west-2\).*"
+                                         r"AWS_REQUEST_PAYER=requester"):
+        scene_from_item(item, SENSORS["L8_SR"])
+    monkeypatch.setenv("AWS_REQUEST_PAYER", "requester")
+    assert scene_from_item(item, SENSORS["L8_SR"]).bands["SR_B4"].href == item.assets["red"].href
 
 
 def test_the_granule_metadata_read_is_retried(served, monkeypatch):

@@ -424,30 +424,44 @@ def scene_from_item(item: pystac.Item, sensor: Sensor, inputs: Sequence[str] | N
     )
 
 
-def _storage_endpoint(item: pystac.Item, key: str) -> str | None:
-    """The S3 endpoint host where the item stores asset ``key``, when not AWS: its first storage scheme's
-    ``platform`` (storage extension v2: asset ``storage:refs`` → item ``storage:schemes``)."""
+def _storage_scheme(item: pystac.Item, key: str) -> dict[str, Any]:
+    """Where the item stores asset ``key`` (storage extension): its first ``storage:refs`` scheme of the item's
+    ``storage:schemes`` (v2, into which pystac migrates v1), else the asset's v1 fields; {} when it does not say."""
+    fields = item.assets[key].extra_fields
     schemes = item.properties.get("storage:schemes") or {}
-    for ref in item.assets[key].extra_fields.get("storage:refs") or []:
-        host = urlsplit(str((schemes.get(ref) or {}).get("platform") or "")).netloc
-        if host and not host.endswith("amazonaws.com"):
-            return host
-    return None
+    for ref in fields.get("storage:refs") or []:
+        if isinstance(schemes.get(ref), dict):
+            return dict(schemes[ref])
+    return {k.removeprefix("storage:"): v for k, v in fields.items()
+            if k in ("storage:platform", "storage:region", "storage:requester_pays")}
 
 
 def _check_object_store(item: pystac.Item, keys: Iterable[str]) -> None:
-    """``s3://`` assets kept on another object store than AWS (Copernicus Data Space: ``eodata`` on
-    eodata.dataspace.copernicus.eu) can only be read once GDAL is told that store's endpoint."""
-    if rasterio.env.get_gdal_config("AWS_S3_ENDPOINT"):
-        return
+    """What GDAL must be told before it can read the item's ``s3://`` assets, said before any block fails on it:
+    the endpoint of an object store other than AWS (Copernicus Data Space: ``eodata`` on
+    eodata.dataspace.copernicus.eu), and consent to pay for reads of a requester-pays bucket (Earth Search's
+    Landsat assets: USGS's ``usgs-landsat``)."""
     for key in keys:
         href = item.assets[key].href
-        if href.startswith("s3://") and (host := _storage_endpoint(item, key)):
+        if not href.startswith("s3://"):
+            continue
+        scheme, bucket = _storage_scheme(item, key), urlsplit(href).netloc
+        host = urlsplit(str(scheme.get("platform") or "")).netloc
+        if host and not host.endswith("amazonaws.com") and not rasterio.env.get_gdal_config("AWS_S3_ENDPOINT"):
             raise SceneError(
-                f"item {item.id!r}: asset {key!r} is in the S3 bucket {urlsplit(href).netloc!r} on {host} (its "
-                f"storage:schemes), not on AWS. Set AWS_S3_ENDPOINT={host} and AWS_VIRTUAL_HOSTING=FALSE, with "
-                "that store's keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, in the environment of the "
-                "engine and of every Dask worker")
+                f"item {item.id!r}: asset {key!r} is in the S3 bucket {bucket!r} on {host} (its storage:schemes), "
+                f"not on AWS. Set AWS_S3_ENDPOINT={host} and AWS_VIRTUAL_HOSTING=FALSE, with that store's keys in "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, in the environment of the engine and of every Dask "
+                "worker")
+        payer = str(rasterio.env.get_gdal_config("AWS_REQUEST_PAYER") or "")
+        if scheme.get("requester_pays") is True and payer.lower() != "requester":
+            region = f" ({scheme['region']})" if scheme.get("region") else ""
+            raise SceneError(
+                f"item {item.id!r}: asset {key!r} is in the requester-pays S3 bucket {bucket!r}{region}: every read "
+                "is billed to the reader's AWS account. To agree, set AWS_REQUEST_PAYER=requester with AWS "
+                "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) in the environment of "
+                "the engine and of every Dask worker; or search a catalogue that serves the scenes free of charge "
+                "(Planetary Computer's landsat-c2-l2, with the planetary-computer package installed)")
 
 
 def _flags_water(item: pystac.Item, layer: QualityLayer) -> bool:
