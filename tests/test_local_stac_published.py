@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -42,7 +43,7 @@ from rasterio.warp import transform_bounds, transform_geom
 from leaf_engine.backends.local import stac_api
 from leaf_engine.backends.local.masks import quality_clear
 from leaf_engine.backends.local.reading import read_scaled, read_warped
-from leaf_engine.backends.local.scenes import Scene, SceneError, scene_from_item
+from leaf_engine.backends.local.scenes import AssetRef, Scene, SceneError, scene_from_item
 from leaf_engine.sensors import SENSORS, sensor_for_platform
 from tests.support.stac_api_server import flaky_proxy, serve_files, serve_stac_api
 
@@ -471,6 +472,56 @@ def test_a_requester_pays_bucket_must_be_agreed_to(served, monkeypatch):
         scene_from_item(item, SENSORS["L8_SR"])
     monkeypatch.setenv("AWS_REQUEST_PAYER", "requester")
     assert scene_from_item(item, SENSORS["L8_SR"]).bands["SR_B4"].href == item.assets["red"].href
+
+
+PC_S2 = "S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458"
+
+
+def _on_blob_storage(item: pystac.Item, url: str) -> pystac.Item:
+    """The served item with its rasters where Planetary Computer keeps them, on Azure Blob Storage (account
+    ``pcstore``): the same paths as on the file server ``url``."""
+    out = item.clone()
+    for asset in out.assets.values():
+        if asset.href.startswith(f"{url}/{item.id}/"):
+            asset.href = "http://pcstore.blob.core.windows.net" + asset.href.removeprefix(url)
+    return out
+
+
+def test_planetary_computer_assets_are_signed_anew_before_each_read(served, tmp_path, monkeypatch):
+    """Planetary Computer's SAS tokens expire (within the hour), so a job longer than that would read with its
+    search's token and be refused. Every read signs the href anew; the package renews the token before it
+    expires. Here tokens live 2 s: the blob store refuses the search's after that, the reads still succeed."""
+    import planetary_computer
+
+    from leaf_engine.backends.local.reading import read_many
+    from tests.support.stac_api_server import sas_blob_store
+
+    doc, gbox = published(PC_S2), _grid(published(PC_S2))
+    item = _on_blob_storage(served["items"][PC_S2], served["url"])
+    with sas_blob_store(served["url"], token_life=2.0) as (proxy, sas_url, blob_log), \
+            serve_stac_api(_catalog(tmp_path / "pc", [item])) as api:
+        monkeypatch.setattr(planetary_computer.settings.Settings.get(), "sas_url", sas_url)
+        monkeypatch.setattr(planetary_computer.sas, "TOKEN_CACHE", {})
+        monkeypatch.setitem(stac_api.SIGNED_APIS, "127.0.0.1", "planetary-computer")  # the API on loopback
+        monkeypatch.setenv("GDAL_HTTP_PROXY", proxy)  # GDAL reaches the blob store through it
+        (scene,) = stac_api.discover(api, "S2_SR", _region(doc), _day(doc), _day(doc), max_cloud_cover=100)
+        refs = list(scene.bands.values())
+        assert all(r.signer == "planetary-computer" and "pcstore.blob.core.windows.net" in r.href
+                   and "sig=t" in r.href for r in refs)  # signed by the search
+        first, has = read_scaled(refs[0], gbox)
+        assert has.sum() == has.size - 1
+        time.sleep(2.8)  # the search's token has expired (the store allows 0.5 s more)
+        again, _ = read_scaled(refs[0], gbox)
+        np.testing.assert_array_equal(again, first)
+        stacked = read_many(refs, gbox, [False] * len(refs))  # the blocks' read: one warp of a VRT of the bands
+        log = blob_log()
+        assert len(stacked) == len(refs) and not log.refused
+        assert len(log.issued) >= 2 and len(log.served) >= 2  # a renewed token read the later blocks
+        # the search's own href, read as it is (a new URL, so not from GDAL's cache): refused
+        with pytest.raises(rasterio.errors.RasterioIOError):
+            read_scaled(AssetRef(refs[0].href + "&stale=1", refs[0].scale, refs[0].offset, refs[0].nodata), gbox)
+        refused = blob_log().refused  # GDAL also tries the href as a folder (a "/" after it)
+        assert refused and all(q.startswith(refs[0].href.split("?", 1)[1] + "&stale=1") for q in refused)
 
 
 def test_the_granule_metadata_read_is_retried(served, monkeypatch):

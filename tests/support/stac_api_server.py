@@ -22,8 +22,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pystac
 
@@ -125,6 +126,18 @@ class ProxyLog:
     errors: dict[int, int] = dataclasses.field(default_factory=lambda: {429: 0, 503: 0})
 
 
+def forward(url: str, method: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes, Any]:
+    """One request to ``url``: the answer's status, body and headers, error answers included."""
+    import urllib.error
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read(), resp.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
 @contextlib.contextmanager
 def flaky_proxy(upstream: str, failures: int = 0) -> Iterator[tuple[str, ProxyLog]]:
     """An HTTP proxy in front of ``upstream`` that answers the first ``failures`` tries of every distinct request
@@ -132,7 +145,6 @@ def flaky_proxy(upstream: str, failures: int = 0) -> Iterator[tuple[str, ProxyLo
     Yields its URL and its :class:`ProxyLog`."""
     import http.server
     import threading
-    import urllib.error
 
     tries: dict[tuple[str, str, bytes], int] = {}
     log = ProxyLog()
@@ -156,13 +168,8 @@ def flaky_proxy(upstream: str, failures: int = 0) -> Iterator[tuple[str, ProxyLo
                 self.end_headers()
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
-            req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command,
-                                         headers=headers)  # Host passes through: the API's links name the proxy
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    status, out, out_headers = resp.status, resp.read(), resp.headers
-            except urllib.error.HTTPError as e:
-                status, out, out_headers = e.code, e.read(), e.headers
+            # Host passes through: the API's links name the proxy
+            status, out, out_headers = forward(upstream + self.path, self.command, headers, body or None)
             self.send_response(status)
             for k, v in out_headers.items():
                 if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
@@ -185,6 +192,115 @@ def flaky_proxy(upstream: str, failures: int = 0) -> Iterator[tuple[str, ProxyLo
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@dataclasses.dataclass
+class BlobLog:
+    """What a :func:`sas_blob_store` saw: the tokens it issued, and the reads it served and refused by token."""
+
+    issued: list[str] = dataclasses.field(default_factory=list)
+    served: dict[str, int] = dataclasses.field(default_factory=dict)
+    refused: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+_BLOB_APP = """
+import http.server, json, sys, threading, time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+from tests.support.stac_api_server import forward
+
+upstream, life, blob_port, sas_port = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+log = {"issued": [], "served": {}, "refused": {}}
+lock = threading.Lock()
+
+
+def answer(h, status, body, headers=()):
+    h.send_response(status)
+    for k, v in headers:
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+class Tokens(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/_log":
+            with lock:
+                return answer(self, 200, json.dumps(log).encode())
+        now = time.time()
+        with lock:
+            token = f"st={now!r}&sp=rl&sig=t{len(log['issued'])}"
+            log["issued"].append(token)
+        expiry = datetime.now(UTC) + timedelta(seconds=60 + life)
+        body = {"msft:expiry": expiry.isoformat().replace("+00:00", "Z"), "token": token}
+        answer(self, 200, json.dumps(body).encode(), [("Content-Type", "application/json")])
+
+    def log_message(self, *args):
+        pass
+
+
+class Blobs(http.server.BaseHTTPRequestHandler):
+    def _handle(self):
+        url = urlsplit(self.path)  # a proxy request names the absolute URL
+        query = parse_qs(url.query)
+        fresh = "st" in query and time.time() - float(query["st"][0]) < life + 0.5
+        if not url.netloc.endswith(".blob.core.windows.net") or not fresh:
+            with lock:
+                log["refused"][url.query] = log["refused"].get(url.query, 0) + 1
+            return answer(self, 403, b"<Error><Code>AuthenticationFailed</Code></Error>")
+        with lock:
+            log["served"][url.query] = log["served"].get(url.query, 0) + 1
+        headers = {k: v for k, v in self.headers.items() if k.lower() == "range"}
+        status, out, out_headers = forward(upstream + url.path, self.command, headers)
+        self.send_response(status)
+        for k, v in out_headers.items():
+            if k.lower() in ("content-range", "content-type", "accept-ranges", "last-modified", "etag"):
+                self.send_header(k, v)
+        # a HEAD answer's length is the file's, as the upstream said (GDAL's file size)
+        self.send_header("Content-Length", out_headers.get("Content-Length", "0") if self.command == "HEAD"
+                         else str(len(out)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(out)
+
+    do_GET = do_HEAD = _handle
+
+    def log_message(self, *args):
+        pass
+
+
+blobs = http.server.ThreadingHTTPServer(("127.0.0.1", blob_port), Blobs)
+threading.Thread(target=blobs.serve_forever, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", sas_port), Tokens).serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def sas_blob_store(upstream: str, token_life: float) -> Iterator[tuple[str, str, Callable[[], BlobLog]]]:
+    """Planetary Computer's two services on loopback (a child process: GDAL may hold the GIL while it waits for
+    an answer), in front of the file server ``upstream``:
+
+    * its SAS token API (``GET /{account}/{container}`` → ``{"msft:expiry", "token"}``), whose tokens the
+      ``planetary-computer`` package renews a minute before their stated expiry, stated ``60 + token_life`` s
+      ahead;
+    * Azure Blob Storage as an HTTP proxy (GDAL's ``GDAL_HTTP_PROXY``): a read of
+      ``http://ACCOUNT.blob.core.windows.net/PATH?TOKEN`` is forwarded to ``upstream/PATH`` while its token is
+      younger than ``token_life`` + 0.5 s, else refused with 403 (Azure's ``AuthenticationFailed``).
+
+    Yields the proxy's address (host:port), the SAS API's URL and a function returning the :class:`BlobLog`."""
+    blob_port, sas_port = _free_port(), _free_port()
+    sas = f"http://127.0.0.1:{sas_port}"
+
+    def log() -> BlobLog:
+        with urllib.request.urlopen(f"{sas}/_log", timeout=10) as resp:
+            return BlobLog(**json.loads(resp.read()))
+
+    repo = str(Path(__file__).resolve().parents[2])  # the script imports forward() from this module
+    with _child([sys.executable, "-c", _BLOB_APP, upstream, str(token_life), str(blob_port), str(sas_port)],
+                f"{sas}/_log", {"PYTHONPATH": repo}):
+        yield f"127.0.0.1:{blob_port}", sas, log
 
 
 # ------------------------------------------------------------------------------------------- public shapes

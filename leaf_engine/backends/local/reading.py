@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -26,6 +27,24 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 
 from .scenes import AssetRef
+
+
+def _sign_planetary_computer(href: str) -> str:
+    """The href with a current SAS token of Planetary Computer (its package caches one per container and asks for
+    a new one a minute before it expires); a token already on the href, from the search, is replaced."""
+    import planetary_computer
+
+    return str(planetary_computer.sign_url(urlsplit(href)._replace(query="").geturl()))
+
+
+SIGNERS: dict[str, Callable[[str], str]] = {"planetary-computer": _sign_planetary_computer}
+"""``AssetRef.signer`` → the function that makes the asset's href readable, called before every read."""
+
+
+def readable(ref: AssetRef) -> str:
+    """The href GDAL opens for ``ref``: signed anew where the asset needs it (:attr:`AssetRef.signer`)."""
+    return SIGNERS[ref.signer](ref.href) if ref.signer else ref.href
+
 
 _COARSENING = 1.25
 """Target pixels this many times larger than the source's are averaged; otherwise nearest neighbour (as GEE)."""
@@ -111,7 +130,8 @@ def _source(name: str, files: Sequence[str]) -> Iterator[rasterio.DatasetReader]
 def read_warped(ref: AssetRef, gbox: GeoBox, *, categorical: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The asset's first band on ``gbox`` as raw DN, and a boolean 'has data' array (False off the scene and on
     nodata)."""
-    with _source(ref.href, [ref.href]) as src:
+    href = readable(ref)
+    with _source(href, [href]) as src:
         fill = fill_value(src.dtypes[0], ref.nodata if ref.nodata is not None else src.nodata)
         resampling = _resampling(src, gbox, categorical)
         # Averaging (e.g. 10 m → 20 m) works in float64: in the integer DN type GDAL would round each mean to a
@@ -212,7 +232,7 @@ def _stackable(ref: AssetRef, gbox: GeoBox, categorical: bool) -> tuple[_Grid, s
     name) read with nearest neighbour."""
     if "://" not in ref.href and not os.path.isfile(ref.href):
         return None
-    grid, name = _grid_of(ref.href, ref.nodata)
+    grid, name = _grid_of(readable(ref), ref.nodata)
     if name is None:
         return None
     coarsening = grid.projected == gbox.crs.proj.is_projected and \

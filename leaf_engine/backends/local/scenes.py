@@ -13,7 +13,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +70,9 @@ class AssetRef:
     scale: float = 1.0
     offset: float = 0.0
     nodata: float | None = None
+    signer: str = ""
+    """How a reader signs ``href`` anew before each read (a key of ``reading.SIGNERS``: ``planetary-computer``),
+    so that a token handed out at discovery never expires under a long job; empty: read as it is."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,18 @@ class Scene:
     """The sensor's quality layers the item has, each with its asset (see ``sensors.QualityLayer``)."""
     water_test: bool = False
     """True when no quality layer of the item can flag inland water: the spectral water test applies."""
+
+    def signed_by(self, signer: str) -> Scene:
+        """The scene with every asset read through ``signer`` (see :attr:`AssetRef.signer`)."""
+        def sign(ref: AssetRef) -> AssetRef:
+            return replace(ref, signer=signer)
+
+        return replace(
+            self, bands={k: sign(r) for k, r in self.bands.items()},
+            mask=sign(self.mask) if self.mask else None,
+            saturation=sign(self.saturation) if self.saturation else None,
+            angle_assets={k: sign(r) for k, r in self.angle_assets.items()},
+            quality=tuple((q, sign(r)) for q, r in self.quality))
 
     @property
     def mask_rule(self) -> str:

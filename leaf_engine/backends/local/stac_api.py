@@ -115,15 +115,22 @@ def api_and_collections(source: str) -> tuple[str, dict[str, str]]:
     return url, collections
 
 
+SIGNED_APIS: dict[str, str] = {"planetarycomputer": "planetary-computer"}
+"""APIs (a part of their host name) whose assets must be signed, and the signer (``reading.SIGNERS``)."""
+
+
+def _signer(url: str) -> str:
+    host = urlsplit(url).netloc
+    return next((signer for part, signer in SIGNED_APIS.items() if part in host), "")
+
+
 def _modifier(url: str) -> Callable[[Any], None] | None:
-    """Planetary Computer hands out blob URLs that must be signed (the ``planetary-computer`` package does it);
-    other APIs' assets are public."""
-    if "planetarycomputer" not in urlsplit(url).netloc:
+    """Planetary Computer hands out blob URLs that must be signed: its package signs the search's items (the
+    granule metadata is read from them at discovery); other APIs' assets are public."""
+    if _signer(url) != "planetary-computer":
         return None
-    try:
-        import planetary_computer  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - optional
-        return None
+    import planetary_computer
+
     return planetary_computer.sign_inplace  # type: ignore[no-any-return]
 
 
@@ -250,7 +257,10 @@ def discover(source: str, request_sensor: str, region: shapely.Geometry, start: 
              inputs: Mapping[str, Sequence[str]] | None = None) -> list[Scene]:
     """Scenes of one job from a STAC API; the same selection rules as a catalogue file."""
     items = search_items(source, request_sensor, region, start, end, max_cloud_cover)
-    return select_scenes(items, request_sensor, region, start, end, max_cloud_cover, inputs)
+    scenes = select_scenes(items, request_sensor, region, start, end, max_cloud_cover, inputs)
+    # the search's tokens expire (Planetary Computer's within the hour): blocks sign each read anew
+    signer = _signer(api_and_collections(source)[0])
+    return [s.signed_by(signer) for s in scenes] if signer else scenes
 
 
 def gdal_env(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
