@@ -79,16 +79,10 @@ def _dev_stack(*args: str) -> Iterator[dict[str, str]]:
 @contextmanager
 def _in_env(env: dict[str, str]) -> Iterator[None]:
     """This process's Pub/Sub clients pointed at the dev stack (the session's emulators fixture set some of these)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _publish_and_wait(env: dict[str, str], timeout_s: float = 240) -> dict:

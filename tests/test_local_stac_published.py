@@ -245,16 +245,10 @@ def _s3_endpoint(url: str) -> Iterator[None]:
     """GDAL's S3 client pointed at the file server (as a Copernicus Data Space user points it at
     eodata.dataspace.copernicus.eu), path-style; unsigned, since the loopback store has no keys; requester-pays
     reads agreed to."""
-    saved = {k: os.environ.get(k) for k in S3_ENDPOINT_ENV}
-    os.environ.update(zip(S3_ENDPOINT_ENV, (urlsplit(url).netloc, "NO", "FALSE", "YES", "requester"), strict=True))
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the function fixture's cannot be used
+        for k, v in zip(S3_ENDPOINT_ENV, (urlsplit(url).netloc, "NO", "FALSE", "YES", "requester"), strict=True):
+            mp.setenv(k, v)
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _region(doc: dict[str, Any]) -> shapely.Geometry:
