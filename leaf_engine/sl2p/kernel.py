@@ -42,6 +42,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..compiled import read_only
 from ..errors import NetworkFileError
 from ..products import BIOPHYSICAL, product
 from .domain import BOUNDARY_TOLERANCE, DIGIT_CAP
@@ -589,10 +590,10 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     packed = pack(nets, variables, uncertainty)
     # two compiled variants only: all-float32 inputs, or everything as float64
     dtype = np.dtype(np.float32) if all(np.asarray(x).dtype == np.float32 for x in inputs) else np.dtype(np.float64)
-    flat = [np.ascontiguousarray(x, dtype=dtype).reshape(-1) for x in inputs]
+    flat = [read_only(np.ascontiguousarray(x, dtype=dtype).reshape(-1)) for x in inputs]
     # a fixed-length tuple (padded with an empty array) compiles once for every set and indexes cheaply;
     # a typed List costs a C call per access
-    xs = tuple(flat) + (np.zeros(0, dtype),) * (MAX_INPUTS - len(flat))
+    xs = tuple(flat) + (read_only(np.zeros(0, dtype)),) * (MAX_INPUTS - len(flat))
     npix = flat[0].shape[0]
     n_heads = len(packed.heads)
     vals = np.empty((n_heads, npix) if values else (0, 0), np.float32)
@@ -606,10 +607,11 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     oor = np.empty((len(lo), npix), np.bool_)
     dom = nets.domain if domain else None
     ood = np.empty(npix if dom is not None else 0, np.bool_)
-    bitset = domain_bitset(dom) if dom else np.zeros(0, np.uint64)
+    bitset = read_only(domain_bitset(dom) if dom else np.zeros(0, np.uint64))
     dom_in = np.array([nets.inputs.index(b) for b in dom.bands] if dom else [], np.int64)  # input of each digit
-    codes = dom.codes if dom else np.zeros(0, np.int64)
-    nidx = np.zeros(0, np.int8) if network_index is None else np.ascontiguousarray(network_index, np.int8).reshape(-1)
+    codes = read_only(np.ascontiguousarray(dom.codes if dom else np.zeros(0), np.int64))  # whoever loaded the set
+    nidx = read_only(np.zeros(0, np.int8) if network_index is None
+                     else np.ascontiguousarray(network_index, np.int8).reshape(-1))
     nodata = product("LAI").nodata
     # blocks are handed out one at a time (dynamic scheduling): a thread slowed by other work on a shared
     # machine does not hold the others up

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from ... import products
+from ...compiled import read_only
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -36,7 +37,8 @@ def encode(name: str, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     if p.dtype != "uint8" or values.dtype != np.float32:
         return products.encode(name, values, ok)
     out = np.empty(values.shape, np.uint8)
-    _encode(np.ascontiguousarray(values).reshape(-1), np.ascontiguousarray(ok, dtype=bool).reshape(-1),
+    _encode(read_only(np.ascontiguousarray(values).reshape(-1)),
+            read_only(np.ascontiguousarray(ok, dtype=bool).reshape(-1)),
             np.float32(p.scale), np.float32(p.max_dn), np.uint8(p.nodata), out.reshape(-1))
     return out
 

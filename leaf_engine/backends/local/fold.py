@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from ... import composite
+from ...compiled import read_only
 from ...sensors import VALID_REFLECTANCE, WATER_TEST
 
 
@@ -120,11 +121,12 @@ def fold(comp, bands: np.ndarray, clear: np.ndarray, rule: FoldRule,  # type: ig
     elif bands.dtype not in (np.uint8, np.uint16) or luts.shape != (len(bands), np.iinfo(bands.dtype).max + 1):
         raise ValueError(f"DN of type {bands.dtype} need 8/16-bit unsigned bands and one full table per band "
                          f"(got tables {luts.shape} for {len(bands)} bands)")
-    _fold(np.ascontiguousarray(bands).reshape(len(bands), npix), np.ascontiguousarray(luts, f32),
-          np.ascontiguousarray(clear).reshape(npix),
+    _fold(read_only(np.ascontiguousarray(bands).reshape(len(bands), npix)),
+          read_only(np.ascontiguousarray(luts, f32)), read_only(np.ascontiguousarray(clear).reshape(npix)),
           rule.red, rule.nir, rule.water_green, rule.water_nir, f32(VALID_REFLECTANCE[0]),
           f32(VALID_REFLECTANCE[1]), f32(WATER_TEST.threshold), f32(composite.W_SPECTRAL), f32(rule.scene_term),
-          stack, np.array([0.0 if per_pixel else a for a in angles], f32), np.uint16(doy), np.uint8(code),
+          read_only(stack), read_only(np.array([0.0 if per_pixel else a for a in angles], f32)), np.uint16(doy),
+          np.uint8(code),
           comp.score.reshape(npix), comp.bands.reshape(len(bands), npix), comp.angles.reshape(3, npix),
           comp.doy.reshape(npix), comp.sensor_code.reshape(npix))
 
