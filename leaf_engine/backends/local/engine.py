@@ -384,6 +384,9 @@ class _Pipeline:
         job.prep, job.state = prep, "computing"
         job.summary = JobSummary(job.job.job_id, [s.id for s in prep.scenes], job.gbox.width, job.gbox.height)
         job.folder = self.tmp / job.job.job_id
+        # The first blocks go out before the output files are made (≈ 0.1 s): their results arrive as events,
+        # which this loop handles only after this step.
+        self._feed()
         try:
             job.outputs = OutputSet(job.folder, {p: n.stem for p, n in prep.names.items()}, job.gbox, prep.tags)
             job.outputs.start_threads()
