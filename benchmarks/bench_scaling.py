@@ -1,19 +1,24 @@
 """Scaling of the local engine on a Dask cluster over a STAC API: 1 and 2 worker processes, several region sizes.
 
     python benchmarks/bench_scaling.py [--sizes 1000 2000 4000] [--workers 1 2] [--jobs N [--open-jobs 1 3]]
-                                       [--json]
+                                       [--repeat 3] [--api auto|pgstac|static] [--json]
 
 For each region size it builds the synthetic 3-scene Landsat stack of ``bench_produce.py`` (real Canberra TM
 spectra, C2 L2 DN, cloud blobs in QA_PIXEL), serves the COGs over HTTP with range requests and the items through
-a STAC API (stac-fastapi, static backend; both on loopback, as in the tests), then for each cluster size
-(``distributed.LocalCluster``, one thread per worker process):
+a STAC API on loopback, as in the tests: stac-fastapi-pgstac over pgstac on PostgreSQL (Planetary Computer's
+server; ``auto`` takes it where PostgreSQL and PostGIS are installed, as ``scripts/test`` installs them) or
+stac-fastapi's static backend (``static``, or ``auto`` without PostgreSQL; it answers a search in ≈ 0.16 s here
+against pgstac's 0.02 s, which lengthens every job's head). Then for each cluster size (``distributed.LocalCluster``,
+one thread per worker process):
 
 * ``produce``: the request end to end (search, HTTP reads + warping, composite, SL2P, COG writing) with the blocks
   as tasks on the workers;
 * ``warp``: only reading and warping the same 18 rasters over HTTP onto the same blocks, on as many fresh workers,
   as the engine reads them (``reading.read_many`` per scene, its per-thread pool of open sources included).
 
-Before the timed runs it searches the STAC API once: a public API is warm, and the client's first search imports
+Each row is ``--repeat`` rounds of the two, alternated (produce, warp-only, produce, …), each on a fresh cluster:
+it reports the median times and every round's ratio, since this shared VM's speed wanders by 10–20 % from one
+minute to the next. Before the timed runs it searches the STAC API once: a public API is warm, and the client's first search imports
 pystac-client (a process cost, like loading the compiled kernel, which is also outside the timing).
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
@@ -74,6 +79,26 @@ def _catalog(work: Path, files_url: str) -> Path:
     root.normalize_hrefs(str(work / "catalog"))
     root.save(pystac.CatalogType.SELF_CONTAINED)
     return work / "catalog" / "catalog.json"
+
+
+@contextlib.contextmanager
+def _stac_api(kind: str, work: Path, files_url: str) -> Iterator[tuple[str, str]]:
+    """The loopback STAC API over the built scenes: (its kind, its landing-page URL)."""
+    from tests.support import pgstac_server
+    from tests.support.stac_api_server import serve_stac_api
+
+    catalog = _catalog(work, files_url)
+    missing = pgstac_server.unavailable()
+    if kind == "pgstac" and missing:
+        sys.exit(f"--api pgstac: {missing}")
+    if kind == "static" or missing:
+        if kind == "auto":
+            print(f"(no pgstac here: {missing}; the static backend serves the items)", file=sys.stderr)
+        with serve_stac_api(catalog) as url:
+            yield "static", url
+        return
+    with pgstac_server.serve_pgstac({"bench": pgstac_server.catalog_contents(catalog)}) as urls:
+        yield "pgstac", urls["bench"]
 
 
 def _warp_block(shared, key):  # type: ignore[no-untyped-def]
@@ -138,22 +163,15 @@ def _search(api: str, req_doc: dict, out: Path) -> list:
     return scenes
 
 
-def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1) -> dict:
+def _produce_once(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int) -> dict:
+    """One timed ``produce`` on a fresh cluster, with what the task stream says about it."""
     import distributed
 
     from leaf_engine.backends.local import produce
-    from leaf_engine.backends.local.engine import blocks
-    from leaf_engine.backends.local.executors import DaskExecutor
     from leaf_engine.request import parse_request
 
     req = parse_request({**req_doc, "scenes": api})
-    jobs = req.jobs()
-    job = jobs[0]
-    gbox = job.geobox()
-    res: dict = {"workers": n_workers, "jobs": len(jobs), "open_jobs": open_jobs,
-                 "pixels": gbox.width * gbox.height * len(jobs)}
-    # Each phase gets a cluster of its own: worker processes keep their source datasets open, with GDAL's block
-    # cache of decoded tiles, so a warp-only run on produce's workers would read what produce already fetched.
+    res: dict = {}
     with _cluster(n_workers) as client:
         t0, c0, w0 = time.perf_counter(), time.process_time(), time.time()
         with distributed.get_task_stream(client) as stream:
@@ -171,12 +189,42 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
         res["tail_s"] = round(w0 + res["produce_s"] - max(s["stop"] for s in computes), 2)
         res["client_cpu_s"] = round(time.process_time() - c0, 1)
         res["worker_peak_rss_mb"] = sorted(round(v, 1) for v in client.run(_rss_mb).values())
-    scenes = _search(api, req_doc, out)
+    return res
+
+
+def _warp_once(scenes: list, gbox, n_blocks_of_jobs: int, n_workers: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds to read and warp the same blocks, on a fresh cluster (its workers' GDAL caches empty)."""
+    from leaf_engine.backends.local.engine import blocks
+    from leaf_engine.backends.local.executors import DaskExecutor
+
     with _cluster(n_workers) as client:
         t0 = time.perf_counter()
-        for _ in DaskExecutor(client).map_unordered(_warp_block, (scenes, gbox), blocks(gbox, BLOCK) * len(jobs)):
+        for _ in DaskExecutor(client).map_unordered(_warp_block, (scenes, gbox),
+                                                    blocks(gbox, BLOCK) * n_blocks_of_jobs):
             pass
-        res["warp_s"] = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+
+def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1, repeat: int = 1) -> dict:
+    """``repeat`` rounds of produce then warp-only, alternated (so a slow spell of a shared machine falls on both);
+    the medians, and each round's ratio."""
+    from statistics import median
+
+    from leaf_engine.request import parse_request
+
+    jobs = parse_request({**req_doc, "scenes": api}).jobs()
+    gbox = jobs[0].geobox()
+    scenes = _search(api, req_doc, out / "search")
+    rounds = []
+    for k in range(repeat):
+        run = _produce_once(api, req_doc, n_workers, out / f"round{k}", open_jobs)
+        run["warp_s"] = _warp_once(scenes, gbox, len(jobs), n_workers)
+        rounds.append(run)
+    mid = sorted(rounds, key=lambda r: r["produce_s"])[(len(rounds) - 1) // 2]  # the median round's details
+    res = {"workers": n_workers, "jobs": len(jobs), "open_jobs": open_jobs,
+           "pixels": gbox.width * gbox.height * len(jobs), **mid,
+           "produce_s": median(r["produce_s"] for r in rounds), "warp_s": median(r["warp_s"] for r in rounds),
+           "round_ratios": [round(r["produce_s"] / r["warp_s"], 2) for r in rounds]}
     res["mpix_per_s"] = round(res["pixels"] / res["produce_s"] / 1e6, 3)
     res["end_to_end_over_warp"] = round(res["produce_s"] / res["warp_s"], 2)
     res["client_peak_rss_mb"] = round(_rss_mb(), 1)
@@ -184,7 +232,7 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.support.stac_api_server import serve_files, serve_stac_api
+    from tests.support.stac_api_server import serve_files
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
@@ -193,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="windows over the region: a multi-job request")
     ap.add_argument("--open-jobs", type=int, nargs="+", default=None,
                     help="jobs in progress at once, one run each (default: 1, and 1 and 3 with --jobs > 1)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of produce and warp-only, alternated; medians are reported (the VM's speed wanders)")
+    ap.add_argument("--api", choices=("auto", "pgstac", "static"), default="auto",
+                    help="the loopback STAC API's backend (auto: pgstac where PostgreSQL and PostGIS are installed)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -207,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.jobs > 1:
                 req_doc = _windows(req_doc, args.jobs)
             probe = "scene0/red.tif"
-            with serve_files(work / "scenes", probe) as files, serve_stac_api(_catalog(work, files)) as api:
+            with serve_files(work / "scenes", probe) as files, _stac_api(args.api, work, files) as (kind, api):
                 # untimed: a public API is warm, and the client's imports are a process cost
                 _search(api, req_doc, work / "search")
-                runs = [_run(api, req_doc, n, work / f"out{n}-{k}", k) for k in open_jobs for n in args.workers]
-            row = {"size": size, "runs": runs}
+                runs = [_run(api, req_doc, n, work / f"out{n}-{k}", k, args.repeat) for k in open_jobs
+                        for n in args.workers]
+            row = {"size": size, "stac_api": kind, "runs": runs}
             for k in open_jobs:
                 mine = [r for r in runs if r["open_jobs"] == k]
                 if len(mine) >= 2:
@@ -219,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             if not args.json:
                 for r in runs:
-                    print(f"{size}² px × {r['jobs']} job(s), open {r['open_jobs']}, {r['workers']} worker(s): "
+                    print(f"{size}² px × {r['jobs']} job(s), open {r['open_jobs']}, {r['workers']} worker(s), {kind}: "
                           f"{r['produce_s']:6.1f} s  {r['mpix_per_s']:6.2f} Mpx/s  warp-only {r['warp_s']:6.1f} s  "
-                          f"ratio {r['end_to_end_over_warp']:.2f}  workers busy {r['workers_busy']:.0%}  "
+                          f"ratio {r['end_to_end_over_warp']:.2f} (rounds {r['round_ratios']})  "
+                          f"workers busy {r['workers_busy']:.0%}  "
                           f"head {r['head_s']} s  tail {r['tail_s']} s  "
                           f"worker peak RSS {r['worker_peak_rss_mb']} MB  "
                           f"client {r['client_peak_rss_mb']} MB, {r['client_cpu_s']} CPU s", flush=True)
