@@ -115,11 +115,9 @@ def produce(
 
 
 def _kernel_cache_dir() -> Path:
-    import os
+    from ..compiled import cache_folder
 
-    from ..sl2p import kernel
-
-    return Path(os.environ.get("NUMBA_CACHE_DIR") or Path(kernel.__file__).parent / "__pycache__")
+    return Path(cache_folder())  # numba's choice: NUMBA_CACHE_DIR, next to the module, or a read-only one's copy
 
 
 def _kernel_cached() -> bool:
