@@ -64,8 +64,10 @@ def use_shipped_cache() -> Path | None:
             target.mkdir(parents=True, exist_ok=True)
             for f in folder.glob(f"{module}.*.nb[ic]"):
                 copy = target / f.name
-                if not copy.exists() or copy.stat().st_mtime_ns != f.stat().st_mtime_ns:
-                    shutil.copy2(f, copy)  # copied when set-up rewrote it (copy2 keeps its time)
+                if not copy.exists() or copy.stat().st_mtime_ns != f.stat().st_mtime_ns:  # new, or set-up rewrote it
+                    part = copy.with_name(f"{copy.name}.{os.getpid()}.part")
+                    shutil.copy2(f, part)  # keeps its time
+                    os.replace(part, copy)  # whole: workers starting together copy the same files
     numba.config.CACHE_DIR = str(root)
     return root
 
