@@ -18,8 +18,8 @@ one thread per worker process):
 
 Each row is ``--repeat`` rounds of the two, alternated (produce, warp-only, produce, …), each on a fresh cluster:
 it reports the median times and every round's ratio, since this shared VM's speed wanders by 10–20 % from one
-minute to the next. Before the timed runs it searches the STAC API once: a public API is warm, and the client's first search imports
-pystac-client (a process cost, like loading the compiled kernel, which is also outside the timing).
+minute to the next. Before the timed runs it searches the STAC API once: a public API is warm, and the client's
+first search imports pystac-client (a process cost, like loading the compiled kernel, also outside the timing).
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
 process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
