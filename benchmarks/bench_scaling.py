@@ -22,8 +22,11 @@ minute to the next. Before the timed runs it searches the STAC API once: a publi
 first search imports pystac-client (a process cost, like loading the compiled kernel, also outside the timing).
 
 It reports throughput (Mpx/s), the scaling ratio (time on 1 worker / time on 2), the peak RSS of each worker
-process and of the client (which writes the COGs), the client's CPU seconds, how busy the workers were (block
-compute time over wall time × workers, from Dask's task stream) and end-to-end / warp-only (target ≤ 1.2).
+process and of the client (which writes the COGs), how busy the workers were (block compute time over wall time ×
+workers, from Dask's task stream), end-to-end / warp-only (target ≤ 1.2), and for both phases the CPU seconds of
+the client (with the LocalCluster's scheduler), of the workers and of the rest of the machine (the loopback
+servers, PostgreSQL, anything else running): the cores they all share set how far apart the two wall times can
+be.
 
 ``--jobs N`` makes the request a multi-job run: N windows over the same region (each holds the 3 scenes, so every
 job does the same work), and runs it with each ``--open-jobs`` value (jobs in progress at once; 1 is one job after
@@ -150,6 +153,37 @@ def _cluster(n_workers: int) -> Iterator:
         yield client
 
 
+def _worker_cpu_s() -> float:
+    """CPU seconds of the calling worker process so far (run on every worker by ``client.run``)."""
+    return time.process_time()
+
+
+class _CpuMeter:
+    """CPU seconds over one timed phase: the client (this process), its workers, and the rest of the machine
+    (the loopback file server and STAC API, PostgreSQL, and anything else running): on this 2-core machine they
+    all share the same cores, so a phase's wall time depends on them too."""
+
+    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+        import psutil
+
+        self._client, self._psutil = client, psutil
+        self._c0, self._w0, self._m0 = time.process_time(), self._workers(), self._machine()
+
+    def _workers(self) -> float:
+        return sum(self._client.run(_worker_cpu_s).values())
+
+    def _machine(self) -> float:
+        t = self._psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    def stop(self) -> dict[str, float]:
+        client = time.process_time() - self._c0
+        workers = self._workers() - self._w0
+        machine = self._machine() - self._m0
+        return {"client_cpu_s": round(client, 1), "workers_cpu_s": round(workers, 1),
+                "others_cpu_s": round(max(0.0, machine - client - workers), 1)}
+
+
 def _search(api: str, req_doc: dict, out: Path) -> list:
     """The scenes of the request's first job, searched on the STAC API by a job's own discovery (``out``: the
     request's output folder, which it consults only to skip existing outputs)."""
@@ -173,11 +207,13 @@ def _produce_once(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs:
     req = parse_request({**req_doc, "scenes": api})
     res: dict = {}
     with _cluster(n_workers) as client:
-        t0, c0, w0 = time.perf_counter(), time.process_time(), time.time()
+        meter = _CpuMeter(client)
+        t0, w0 = time.perf_counter(), time.time()
         with distributed.get_task_stream(client) as stream:
             produce(req, out_dir=out, dask_address=client, progress=False, quicklooks=False, block_size=BLOCK,
                     open_jobs=open_jobs)
         res["produce_s"] = time.perf_counter() - t0
+        res.update(meter.stop())
         # Share of the run's wall time × worker threads spent computing blocks: the rest is workers waiting for
         # the client (scene search, COG conversion, storing) or for their blocks' data.
         computes = [s for task in stream.data for s in task["startstops"] if s["action"] == "compute"]
@@ -187,22 +223,24 @@ def _produce_once(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs:
         # the COG assembly and storing), on the task stream's clock.
         res["head_s"] = round(min(s["start"] for s in computes) - w0, 2)
         res["tail_s"] = round(w0 + res["produce_s"] - max(s["stop"] for s in computes), 2)
-        res["client_cpu_s"] = round(time.process_time() - c0, 1)
         res["worker_peak_rss_mb"] = sorted(round(v, 1) for v in client.run(_rss_mb).values())
     return res
 
 
-def _warp_once(scenes: list, gbox, n_blocks_of_jobs: int, n_workers: int) -> float:  # type: ignore[no-untyped-def]
-    """Seconds to read and warp the same blocks, on a fresh cluster (its workers' GDAL caches empty)."""
+def _warp_once(scenes: list, gbox, n_blocks_of_jobs: int, n_workers: int) -> dict:  # type: ignore[no-untyped-def]
+    """Seconds to read and warp the same blocks, on a fresh cluster (its workers' GDAL caches empty), and the CPU
+    seconds of the phase."""
     from leaf_engine.backends.local.engine import blocks
     from leaf_engine.backends.local.executors import DaskExecutor
 
     with _cluster(n_workers) as client:
+        meter = _CpuMeter(client)
         t0 = time.perf_counter()
         for _ in DaskExecutor(client).map_unordered(_warp_block, (scenes, gbox),
                                                     blocks(gbox, BLOCK) * n_blocks_of_jobs):
             pass
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return {"warp_s": wall, **{f"warp_{k}": v for k, v in meter.stop().items()}}
 
 
 def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1, repeat: int = 1) -> dict:
@@ -218,7 +256,7 @@ def _run(api: str, req_doc: dict, n_workers: int, out: Path, open_jobs: int = 1,
     rounds = []
     for k in range(repeat):
         run = _produce_once(api, req_doc, n_workers, out / f"round{k}", open_jobs)
-        run["warp_s"] = _warp_once(scenes, gbox, len(jobs), n_workers)
+        run.update(_warp_once(scenes, gbox, len(jobs), n_workers))
         rounds.append(run)
     mid = sorted(rounds, key=lambda r: r["produce_s"])[(len(rounds) - 1) // 2]  # the median round's details
     res = {"workers": n_workers, "jobs": len(jobs), "open_jobs": open_jobs,
@@ -278,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"workers busy {r['workers_busy']:.0%}  "
                           f"head {r['head_s']} s  tail {r['tail_s']} s  "
                           f"worker peak RSS {r['worker_peak_rss_mb']} MB  "
-                          f"client {r['client_peak_rss_mb']} MB, {r['client_cpu_s']} CPU s", flush=True)
+                          f"client {r['client_peak_rss_mb']} MB  "
+                          f"CPU s client/workers/others {r['client_cpu_s']}/{r['workers_cpu_s']}/{r['others_cpu_s']}"
+                          f" (warp-only {r['warp_client_cpu_s']}/{r['warp_workers_cpu_s']}/"
+                          f"{r['warp_others_cpu_s']})", flush=True)
                 for k in open_jobs:
                     if f"scaling_ratio_open_jobs_{k}" in row:
                         print(f"{size}² px, open {k}: scaling 1 → {args.workers[-1]} workers = "
