@@ -13,10 +13,13 @@ This module is imported by every compiled module before its functions are define
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numba
@@ -83,6 +86,27 @@ def read_only(a: np.ndarray) -> np.ndarray:
     view = a.view()
     view.flags.writeable = False
     return view
+
+
+_launch_lock = threading.Lock()
+_threading_layer: str | None = None
+"""numba's threading layer in this process, once a parallel function has run (None before)."""
+
+
+@contextlib.contextmanager
+def parallel_launch() -> Iterator[None]:
+    """Around every call of a ``parallel=True`` function. numba's workqueue threading layer, its fallback where
+    neither OpenMP (libgomp) nor TBB loads (slim containers, macOS without libomp), aborts the whole process when
+    two threads launch parallel functions at once, as the engine's block threads do. There the launches take
+    turns (each one uses every core anyway); the first launch takes the lock too, since until it has run numba
+    has not chosen its layer."""
+    global _threading_layer
+    if _threading_layer is not None and _threading_layer != "workqueue":
+        yield
+        return
+    with _launch_lock:
+        yield
+        _threading_layer = numba.threading_layer()
 
 
 def loaded_variants() -> dict[str, set[str]]:

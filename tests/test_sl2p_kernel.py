@@ -148,3 +148,38 @@ def test_fused_dn_and_range_flags_equal_products_encoding(s2):
         lo, hi = ranges[v]
         np.testing.assert_array_equal(out.out_of_range[i], (out.values[i] < lo) | (out.values[i] > hi))
     assert 0.05 < out.out_of_range.mean() < 0.95
+
+
+CONCURRENT_LAUNCHES = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import numba
+import numpy as np
+from leaf_engine.sl2p import kernel, load_network_set
+from leaf_engine.sl2p.synthetic import s2_20m_inputs
+
+nets = load_network_set("leaf_sl2p_s2_20m")
+blocks = [s2_20m_inputs(20_000, seed=k) for k in range(16)]
+run = lambda x: kernel.run(nets, [x[n] for n in nets.inputs], ("LAI", "fCOVER"), dn=True).dn
+with ThreadPoolExecutor(4) as pool:  # as the engine's block threads launch the kernel
+    together = list(pool.map(run, blocks))
+alone = [run(x) for x in blocks]
+assert all(np.array_equal(a, b) for a, b in zip(together, alone))
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "default"])
+def test_block_threads_launch_the_kernel_together_on_every_threading_layer(layer):
+    """numba's workqueue layer (its fallback without OpenMP or TBB) aborts the process when two threads launch a
+    parallel function at once: the kernel's launches take turns there, and run together elsewhere."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_LAUNCHES], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if layer == "workqueue":
+        assert done.stdout.strip() == "workqueue"

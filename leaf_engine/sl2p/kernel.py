@@ -42,7 +42,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ..compiled import read_only
+from ..compiled import parallel_launch, read_only
 from ..errors import NetworkFileError
 from ..products import BIOPHYSICAL, product
 from .domain import BOUNDARY_TOLERANCE, DIGIT_CAP
@@ -615,7 +615,7 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     nodata = product("LAI").nodata
     # blocks are handed out one at a time (dynamic scheduling): a thread slowed by other work on a shared
     # machine does not hold the others up
-    with numba.parallel_chunksize(1):
+    with parallel_launch(), numba.parallel_chunksize(1):
         _run(xs, len(flat), nidx, packed.centre, packed.centre64, packed.w1, packed.b1, packed.tanh_p, packed.b2,
              dom_in, bitset, codes, vals, dns, dn_scale, np.float32(product("LAI").max_dn), np.uint8(nodata),
              oor, lo, hi, ood, numba.get_num_threads())  # read here: using it in the kernel defeats caching
