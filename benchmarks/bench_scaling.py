@@ -153,11 +153,6 @@ def _cluster(n_workers: int) -> Iterator:
         yield client
 
 
-def _worker_cpu_s() -> float:
-    """CPU seconds of the calling worker process so far (run on every worker by ``client.run``)."""
-    return time.process_time()
-
-
 class _CpuMeter:
     """CPU seconds over one timed phase: the client (this process), its workers, and the rest of the machine
     (the loopback file server and STAC API, PostgreSQL, and anything else running): on this 2-core machine they
@@ -170,7 +165,7 @@ class _CpuMeter:
         self._c0, self._w0, self._m0 = time.process_time(), self._workers(), self._machine()
 
     def _workers(self) -> float:
-        return sum(self._client.run(_worker_cpu_s).values())
+        return sum(self._client.run(time.process_time).values())  # each worker's own
 
     def _machine(self) -> float:
         t = self._psutil.cpu_times()

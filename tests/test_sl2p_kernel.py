@@ -1,5 +1,9 @@
 """The fast float32 kernel against the float64 numpy reference: accuracy, CCRS, NaN, DN encoding, flags."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -151,7 +155,6 @@ def test_fused_dn_and_range_flags_equal_products_encoding(s2):
 
 
 CONCURRENT_LAUNCHES = """
-import sys
 from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
@@ -173,10 +176,6 @@ print(numba.threading_layer())
 def test_block_threads_launch_the_kernel_together_on_every_threading_layer(layer):
     """numba's workqueue layer (its fallback without OpenMP or TBB) aborts the process when two threads launch a
     parallel function at once: the kernel's launches take turns there, and run together elsewhere."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
     done = subprocess.run([sys.executable, "-c", CONCURRENT_LAUNCHES], env=env, capture_output=True, text=True,
                           timeout=300)
