@@ -2,11 +2,14 @@
 
 How it stays fast and accurate:
 * Pixels are processed in chunks of ``CHUNK`` that stay in L1 cache, in one flat float32 buffer per chunk whose
-  rows (centred inputs, an accumulator, a NaN row, two pre-activation rows) sit at constant offsets. The neuron
+  rows (centred inputs, an accumulator, a NaN row, a pre-activation row) sit at constant offsets. The neuron
   loop is outside, the pixel loops inside, so LLVM vectorises them across pixels (AVX2/AVX-512) with no aliasing
-  checks. Neurons go in pairs: two short pre-activation loops (unrolled over 8, 11 or 12 inputs, zero-padded;
-  bound by the FMA units), then one activation loop for both, which shares one division between the two tanh
-  and keeps more independent iterations in flight than one long dependency chain.
+  checks. Per neuron, two short loops: the pre-activation (unrolled over 8, 11 or 12 inputs, zero-padded) and the
+  activation, both bound by the FMA units. (Pairs of neurons sharing one division cost three multiply-adds to
+  save it: 5 % slower on a CPU whose divider keeps up, as AVX-512 Zen 4 does; the divider is not on the FMA ports.)
+* The inputs of the chunk ``PREFETCH_CHUNKS`` ahead are prefetched into L2 while this one computes: a chunk reads
+  its eleven input rows in one burst and then computes for microseconds, too irregular for the hardware
+  prefetchers (+10–20 % when the inputs come from memory).
 * The input scaling is folded into the first layer: ``W1·(s·x + o) + b1 = (W1·s)·(x − c) + b1'`` with a centre
   ``c`` per input that is a float32 number, so ``x − c`` of a float32 input is exact (Sterbenz) and float64
   inputs are centred in float64 then rounded once. This avoids the cancellation of ``189·cosVZA − 188`` in
@@ -14,16 +17,16 @@ How it stays fast and accurate:
 * tanh is a rational x·P(x²)/Q(x²) of degree 9/6 fitted on [0, 7.9] whose error is bounded by
   ``TANH_MAX_ERROR`` over every float32 input; Q is monic (its evaluation starts with an add) and each
   neuron's output weight is folded into P, so the activation adds into the accumulator with no multiply.
-  ``ACTIVATION_MAX_ERROR`` adds the roundings of the folding and of the shared division, and
+  ``ACTIVATION_MAX_ERROR`` adds the roundings of the folding, and
   :func:`error_bound` carries it (and float32 rounding) through the layers. libm's tanh does not vectorise
   and costs more than all the multiply-adds together.
 * Non-finite inputs are tracked arithmetically (``d − d`` is 0 or NaN, summed into a NaN row): no branches.
   The activation loop may therefore assume finite numbers (its clamp is vminps/vmaxps).
 * The domain code follows the rule of :mod:`.domain` exactly. For float32 inputs the digits of all (up to 8)
-  domain bands are computed in float32 in one loop (8 lanes, from a copy of the chunk's domain bands) and
-  trusted only where ``10·ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and below ``DIGIT_RANGE``; a
-  chunk with any other pixel is redone in float64. Codes are looked up in a bitset of 10**n_bands bits
-  (12.5 MB for 8 bands, branch-free); larger code spaces use binary search in float64.
+  domain bands and their code (uint32) are computed in float32 in one vectorised loop (from a copy of the
+  chunk's domain bands) and trusted only where ``10·ρ − 1e-5`` is at least ``DIGIT_GUARD`` from an integer and
+  below ``DIGIT_RANGE``; a chunk with any other pixel is redone in float64. Codes are looked up in a bitset of
+  10**n_bands bits (12.5 MB for 8 bands, branch-free, in 32-bit words); larger code spaces use binary search.
 * SL2P-CCRS: each chunk is split by network index (gather → compute → scatter), so mixed chunks cost only the
   networks present.
 
@@ -39,8 +42,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from ..compiled import parallel_launch, read_only
 from ..errors import NetworkFileError
@@ -49,7 +54,7 @@ from .domain import BOUNDARY_TOLERANCE, DIGIT_CAP
 from .networks import Domain, Network, NetworkSet
 
 CHUNK = 256
-"""Pixels per chunk: the chunk buffer (16 rows × 256 float32) stays in L1."""
+"""Pixels per chunk: the chunk buffer (15 rows × 256 float32) stays in L1."""
 MAX_INPUTS = 12
 """Inputs the kernel takes (SL2P sets have 7 to 11); layers are unrolled for 8 or 12 inputs (zero-padded)."""
 ROW_ACC = 12
@@ -58,9 +63,10 @@ ROW_NAN = 13
 """Row of the chunk buffer that is 0, or NaN where any input of the pixel is not finite."""
 ROW_HID = 14
 """Row of the chunk buffer that holds one hidden neuron's pre-activation."""
-ROW_HID2 = 15
-"""Row of the chunk buffer that holds the pre-activation of the second neuron of a pair."""
-BUF_ROWS = 16
+BUF_ROWS = 15
+PREFETCH_CHUNKS = 8
+"""How many chunks ahead the inputs are prefetched (8 × 11 rows × 1 kB per thread: well within L2); 4, 8 and 16
+measured alike, 1 and 2 no better than none."""
 DIGIT_GUARD = 2e-6
 """Float32 domain digits are trusted when ``10·ρ − 1e-5`` is at least this far from an integer (its float32 error
 is ≤ 9.6e-7 for |10·ρ| < 15); otherwise the chunk's codes are rebuilt in float64."""
@@ -79,11 +85,10 @@ TANH_Q = (116.23982238769531, 2343.61328125, 5090.19189453125)
 TANH_MAX_ERROR = 6e-7
 """Bound on |kernel tanh − tanh| over every float32 input, evaluation in float32 included (checked on every
 float32 in [0, 8] by ``benchmarks/tanh_bound.py``, on a dense sample by the tests); the function is odd."""
-ACTIVATION_MAX_ERROR = TANH_MAX_ERROR + 6 * 2.0**-24
+ACTIVATION_MAX_ERROR = TANH_MAX_ERROR + 3 * 2.0**-24
 """Bound on |kernel activation − v·tanh| per unit of |v| (the output weight): the tanh's own error, plus the
-float32 rounding of v folded into P (one rounding per coefficient) and of a pair's shared division (two
-products, a sum and the division: four roundings relative to |ta| + |tb|). Checked on every shipped neuron by
-the tests (measured 6.3e-7)."""
+float32 rounding of v folded into P (one rounding per coefficient, relative to |v·tanh|) and the evaluation's
+roundings moving with v (two more). Checked on every shipped neuron by the tests."""
 
 # Only flags that do not reorder arithmetic: contraction to FMA and no signed zeros. 'reassoc' would undo the
 # float64 centring, 'nnan' NaN propagation, 'arcp' costs accuracy in tanh's division.
@@ -93,6 +98,23 @@ _FASTMATH = {"contract", "nsz"}
 # non-finite input, and those pixels are made NaN through the NaN row at the end whatever tanh returned. This
 # lets the clamp compile to vminps/vmaxps instead of compare-and-blend.
 _FASTMATH_ACT = {"contract", "nsz", "nnan", "ninf"}
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """Prefetch the cache line of ``arr[idx]`` into L2 (``llvm.prefetch``, read, locality 1): a hint with no
+    effect on results; ``idx`` must be within the array."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -127,15 +149,13 @@ def _tanh(x: float) -> float:
 
 
 @njit(cache=True, fastmath=_FASTMATH_ACT, error_model="numpy")
-def activations32(xa: np.ndarray, xb: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's activations on float32 arrays of finite numbers (exposed to test their accuracy): one
-    neuron, va·tanh(xa) from ``pa = va·TANH_P``, and a pair, va·tanh(xa) + vb·tanh(xb)."""
-    one = np.empty_like(xa)
-    two = np.empty_like(xa)
-    for i in range(xa.shape[0]):
-        one[i] = _tanh_times(xa[i], pa[0], pa[1], pa[2], pa[3], pa[4])
-        two[i] = _pair_times(xa[i], xb[i], (pa[0], pa[1], pa[2], pa[3], pa[4]), (pb[0], pb[1], pb[2], pb[3], pb[4]))
-    return one, two
+def activations32(x: np.ndarray, pc: np.ndarray) -> np.ndarray:
+    """The kernel's activation v·tanh(x) from ``pc = v·TANH_P`` on a float32 array of finite numbers (exposed to
+    test its accuracy)."""
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = _tanh_times(x[i], pc[0], pc[1], pc[2], pc[3], pc[4])
+    return out
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -214,25 +234,6 @@ def _activate(buf, pc):
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _pair_times(xa, xb, pa, pb):  # type: ignore[no-untyped-def]
-    """va·tanh(xa) + vb·tanh(xb) with one division: na/qa + nb/qb = (na·qb + nb·qa)/(qa·qb) (qa, qb are in
-    [5090, 8.5e5], so nothing overflows). The divider is the slowest unit of the activation; this costs three
-    multiply-adds instead of a division and an add."""
-    na, qa = _tanh_parts(xa, pa[0], pa[1], pa[2], pa[3], pa[4])
-    nb, qb = _tanh_parts(xb, pb[0], pb[1], pb[2], pb[3], pb[4])
-    return (na * qb + nb * qa) / (qa * qb)
-
-
-@njit(fastmath=_FASTMATH_ACT, error_model="numpy", cache=True)
-def _activate2(buf, pa, pb):
-    """``buf[ACC] += va·tanh(buf[HID]) + vb·tanh(buf[HID2])`` over every pixel of a chunk (a pair of neurons)."""
-    a = (pa[0], pa[1], pa[2], pa[3], pa[4])  # hoisted: a tuple of scalars, not a load per pixel
-    b = (pb[0], pb[1], pb[2], pb[3], pb[4])
-    for p in range(CHUNK):
-        buf[ROW_ACC * CHUNK + p] += _pair_times(buf[ROW_HID * CHUNK + p], buf[ROW_HID2 * CHUNK + p], a, b)
-
-
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _preact(buf, width, w, b, row):
     if width == 8:
         _preact8(buf, w, b, row)
@@ -246,8 +247,9 @@ def _preact(buf, width, w, b, row):
 def _heads(buf, k, w1, b1, tp, b2, y):
     """y[h, :] = network k of every head on the centred inputs in ``buf`` (float32).
 
-    Per hidden neuron, two short loops: the pre-activation (FMA-bound) and the activation (tanh, then the
-    output weight). Two simple loops keep more iterations in flight than one long dependency chain would. The
+    Per hidden neuron, two short loops: the pre-activation and the activation (tanh times the output weight).
+    Two simple loops keep more iterations in flight than one long dependency chain would (one fused loop measured
+    no faster). The
     pixel loops run over the whole chunk (a constant trip count; pixels past the valid ones hold stale finite
     inputs and are never read back) and every buffer access sits at a constant offset from one base (rows of
     ``CHUNK``), so LLVM vectorises them across pixels without runtime alias checks. Not inlined: one compiled
@@ -259,13 +261,7 @@ def _heads(buf, k, w1, b1, tp, b2, y):
         bias = b2[h, k]
         for p in range(CHUNK):
             buf[ROW_ACC * CHUNK + p] = bias
-        j = 0
-        while j + 1 < n_hid:  # neurons in pairs (one division each), then the odd one
-            _preact(buf, width, w1[h, k, j], b1[h, k, j], ROW_HID)
-            _preact(buf, width, w1[h, k, j + 1], b1[h, k, j + 1], ROW_HID2)
-            _activate2(buf, tp[h, k, j], tp[h, k, j + 1])
-            j += 2
-        if j < n_hid:
+        for j in range(n_hid):
             _preact(buf, width, w1[h, k, j], b1[h, k, j], ROW_HID)
             _activate(buf, tp[h, k, j])
         for p in range(CHUNK):
@@ -275,14 +271,14 @@ def _heads(buf, k, w1, b1, tp, b2, y):
 @njit(inline="always", cache=True)
 def _lookup_bitset(codef, m, bitset, ood, s):
     """``ood[s + p] = code p not in the bitset`` without branches (NaN and out-of-range codes are outside)."""
-    top = bitset.shape[0] * 64.0
+    top = bitset.shape[0] * 32.0
     out = ood[s:s + m]  # a view indexed from 0: ``ood[s + p]`` with a signed s would be gathered lane by lane
     for p in range(m):
         c = codef[p]
         valid = (c >= 0.0) & (c < top)  # False for NaN
         code = np.int64(c if valid else 0.0)
-        bit = (bitset[code >> 6] >> np.uint64(code & 63)) & np.uint64(1)
-        out[p] = not (valid & (bit == np.uint64(1)))
+        bit = (bitset[code >> 5] >> np.uint32(code & 31)) & np.uint32(1)
+        out[p] = not (valid & (bit == np.uint32(1)))
 
 
 @njit(inline="always", cache=True)
@@ -336,11 +332,13 @@ def _digit32(v):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _digits8(raw, m, lo, hi, okf):
-    """The low and high halves (digits 0–3 and 4–7) of the domain code of each pixel, from the 8 rows of
-    ``raw``, in one loop: 8 float32 lanes, every intermediate in registers. ``okf`` is 0 where a digit cannot
-    be trusted."""
+def _flags8(raw, m, bits, codes, out):  # type: ignore[no-untyped-def]
+    """Out-of-domain flags ``out`` of a chunk from the 8 rows of ``raw``, unless a digit cannot be trusted
+    (returns True, flags not written). The digits and the code are one vectorised loop, every intermediate in
+    registers (the code is exact in uint32: below 10**8); the lookup in the bitset's 32-bit words is a loop of
+    its own, since LLVM does not vectorise gathers for every CPU and a gather would keep the whole loop scalar."""
     ten = np.float32(10.0)
+    bad = False
     for p in range(m):
         d0, k0 = _digit32(raw[p])
         d1, k1 = _digit32(raw[CHUNK + p])
@@ -350,9 +348,16 @@ def _digits8(raw, m, lo, hi, okf):
         d5, k5 = _digit32(raw[5 * CHUNK + p])
         d6, k6 = _digit32(raw[6 * CHUNK + p])
         d7, k7 = _digit32(raw[7 * CHUNK + p])
-        lo[p] = ((d3 * ten + d2) * ten + d1) * ten + d0  # exact: integers below 10**4
-        hi[p] = ((d7 * ten + d6) * ten + d5) * ten + d4
-        okf[p] = np.float32(1.0) if k0 & k1 & k2 & k3 & k4 & k5 & k6 & k7 else np.float32(0.0)
+        ok = k0 & k1 & k2 & k3 & k4 & k5 & k6 & k7
+        lo = ((d3 * ten + d2) * ten + d1) * ten + d0 if ok else np.float32(0.0)  # exact: integers below 10**4
+        hi = ((d7 * ten + d6) * ten + d5) * ten + d4 if ok else np.float32(0.0)  # (untrusted digits: maybe inf)
+        codes[p] = np.uint32(hi) * np.uint32(10000) + np.uint32(lo)
+        bad |= not ok
+    if not bad:
+        for p in range(m):
+            code = codes[p]
+            out[p] = ((bits[code >> np.uint32(5)] >> (code & np.uint32(31))) & np.uint32(1)) == np.uint32(0)
+    return bad
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -366,36 +371,43 @@ def _codes64(xs, s, m, dom_in, codef):
         mult *= 10.0
 
 
-def _domain_codes(xs, s, m, fast, dom_in, raw, codef, lo, hi, okf):  # pragma: no cover - overloaded
+@njit(inline="always", cache=True)
+def _lookup64(codef, m, bitset, codes, ood, s):  # type: ignore[no-untyped-def]
+    """Out-of-domain flags of a chunk from its float64 codes: in the bitset, or by binary search without one."""
+    if bitset.shape[0] > 0:
+        _lookup_bitset(codef, m, bitset, ood, s)
+    else:
+        for p in range(m):
+            ood[s + p] = not _in_codes(codef[p], codes)
+
+
+def _domain_flags(xs, s, m, dom_in, raw, codef, code32, bitset, codes, ood):  # pragma: no cover - overloaded
     raise NotImplementedError
 
 
-@overload(_domain_codes, inline="always")
-def _domain_codes_impl(xs, s, m, fast, dom_in, raw, codef, lo, hi, okf):  # type: ignore[no-untyped-def]
-    """Domain code of each pixel of a chunk into ``codef`` (float64). Float32 inputs of a set with at most
-    8 domain bands: float32 digits of the ``raw`` copy summed in two exact halves (4 digits each), unless a
-    pixel of the chunk is not safe for them; otherwise, and for float64 inputs, float64 digits."""
+@overload(_domain_flags, inline="always")
+def _domain_flags_impl(xs, s, m, dom_in, raw, codef, code32, bitset, codes, ood):  # type: ignore[no-untyped-def]
+    """Out-of-domain flag of each pixel of a chunk into ``ood``. Float32 inputs of a set with at most 8 domain
+    bands (a bitset): float32 digits of the ``raw`` copy, unless a pixel of the chunk is not safe for them;
+    otherwise, and for float64 inputs, float64 digits and codes (``codef``)."""
     if not (isinstance(xs.dtype.dtype, types.Float) and xs.dtype.dtype.bitwidth == 32):
-        return lambda xs, s, m, fast, dom_in, raw, codef, lo, hi, okf: _codes64(xs, s, m, dom_in, codef)
+        def impl64(xs, s, m, dom_in, raw, codef, code32, bitset, codes, ood):
+            _codes64(xs, s, m, dom_in, codef)
+            _lookup64(codef, m, bitset, codes, ood, s)
 
-    def impl(xs, s, m, fast, dom_in, raw, codef, lo, hi, okf):
-        if not fast:
-            _codes64(xs, s, m, dom_in, codef)
-            return
-        for pos in range(dom_in.shape[0]):  # the domain bands in digit order, into the rows of ``raw``
-            xv = xs[dom_in[pos]][s:s + m]
-            rv = raw[pos * CHUNK:(pos + 1) * CHUNK]
-            for p in range(m):
-                rv[p] = xv[p]
-        _digits8(raw, m, lo, hi, okf)
-        n_bad = 0
-        for p in range(m):
-            n_bad += okf[p] < np.float32(1.0)
-        if n_bad == 0:
-            for p in range(m):
-                codef[p] = np.float64(hi[p]) * 1e4 + np.float64(lo[p])
-        else:
-            _codes64(xs, s, m, dom_in, codef)
+        return impl64
+
+    def impl(xs, s, m, dom_in, raw, codef, code32, bitset, codes, ood):
+        if bitset.shape[0] > 0:
+            for pos in range(dom_in.shape[0]):  # the domain bands in digit order, into the rows of ``raw``
+                xv = xs[dom_in[pos]][s:s + m]
+                rv = raw[pos * CHUNK:(pos + 1) * CHUNK]
+                for p in range(m):
+                    rv[p] = xv[p]
+            if not _flags8(raw, m, bitset, code32, ood[s:s + m]):
+                return
+        _codes64(xs, s, m, dom_in, codef)
+        _lookup64(codef, m, bitset, codes, ood, s)
 
     return impl
 
@@ -411,7 +423,6 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_in, bitset
     n_oor = oor.shape[0]
     want_dom = ood.shape[0] > 0
     per_pixel_net = net_index.shape[0] > 0
-    fast_digits = bitset.shape[0] > 0  # at most 8 domain bands: codes < 1e8 split in two exact float32 halves
     n_chunks = (npix + CHUNK - 1) // CHUNK
     n_blocks = min(n_chunks, n_threads * 8)  # several blocks per thread balance the load
     for blk in prange(n_blocks):
@@ -421,9 +432,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_in, bitset
         y = np.empty((n_heads, CHUNK), np.float32)
         yg = np.empty((n_heads, CHUNK), np.float32)
         codef = np.empty(CHUNK, np.float64)
-        dlo = np.empty(CHUNK, np.float32)
-        dhi = np.empty(CHUNK, np.float32)
-        dok = np.empty(CHUNK, np.float32)
+        code32 = np.empty(CHUNK, np.uint32)
         idx = np.empty(CHUNK, np.int64)
         counts = np.zeros(n_nets, np.int64)
         for c in range(blk * n_chunks // n_blocks, (blk + 1) * n_chunks // n_blocks):
@@ -433,6 +442,11 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_in, bitset
                 buf[ROW_NAN * CHUNK + p] = 0.0
             for i in range(n_in):
                 _load_input(xs[i], s, m, centre32[i], centre64[i], buf, i)
+            ahead = s + PREFETCH_CHUNKS * CHUNK
+            if ahead + CHUNK <= npix:
+                for i in range(n_in):
+                    for q in range(0, CHUNK, 16):  # one 64-byte line of float32 (float64: every other line)
+                        _prefetch(xs[i], ahead + q)
             # networks: one pass when the chunk uses one network, else gather/compute/scatter per network
             if not per_pixel_net:
                 _heads(buf, 0, w1, b1, tp, b2, y)
@@ -481,12 +495,7 @@ def _run(xs, n_in, net_index, centre32, centre64, w1, b1, tp, b2, dom_in, bitset
                     v = y[h, p]
                     outb[p] = (v < lo) | (v > hi)
             if want_dom:
-                _domain_codes(xs, s, m, fast_digits, dom_in, raw, codef, dlo, dhi, dok)
-                if fast_digits:
-                    _lookup_bitset(codef, m, bitset, ood, s)
-                else:
-                    for p in range(m):
-                        ood[s + p] = not _in_codes(codef[p], codes)
+                _domain_flags(xs, s, m, dom_in, raw, codef, code32, bitset, codes, ood)
 
 
 @dataclass(frozen=True, eq=False)
@@ -556,12 +565,13 @@ def _pack_cached(nets: NetworkSet, variables: tuple[str, ...], uncertainty: bool
 
 @functools.lru_cache(maxsize=8)
 def domain_bitset(domain: Domain) -> np.ndarray:
-    """Bitset over all 10**n_bands codes (empty when the code space is too large: binary search is used)."""
+    """Bitset over all 10**n_bands codes in 32-bit words (empty when the code space is too large: binary search
+    is used)."""
     if len(domain.bands) > BITSET_MAX_BANDS:
-        return np.zeros(0, np.uint64)
-    bits = np.zeros((10 ** len(domain.bands) + 63) // 64, np.uint64)
+        return np.zeros(0, np.uint32)
+    bits = np.zeros((10 ** len(domain.bands) + 31) // 32, np.uint32)
     codes = domain.codes[(domain.codes >= 0) & (domain.codes < 10 ** len(domain.bands))]
-    np.bitwise_or.at(bits, codes >> 6, np.left_shift(np.uint64(1), (codes & 63).astype(np.uint64)))
+    np.bitwise_or.at(bits, codes >> 5, np.left_shift(np.uint32(1), (codes & 31).astype(np.uint32)))
     return bits
 
 
@@ -607,7 +617,7 @@ def run(nets: NetworkSet, inputs: list[np.ndarray], variables: tuple[str, ...], 
     oor = np.empty((len(lo), npix), np.bool_)
     dom = nets.domain if domain else None
     ood = np.empty(npix if dom is not None else 0, np.bool_)
-    bitset = read_only(domain_bitset(dom) if dom else np.zeros(0, np.uint64))
+    bitset = read_only(domain_bitset(dom) if dom else np.zeros(0, np.uint32))
     dom_in = np.array([nets.inputs.index(b) for b in dom.bands] if dom else [], np.int64)  # input of each digit
     codes = read_only(np.ascontiguousarray(dom.codes if dom else np.zeros(0), np.int64))  # whoever loaded the set
     nidx = read_only(np.zeros(0, np.int8) if network_index is None
