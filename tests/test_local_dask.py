@@ -7,6 +7,7 @@ The multi-job request is the Bouconne example (real Sentinel-2 L3A spectra): sev
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ from rasterio.errors import RasterioIOError
 
 from leaf_engine.backends.local import engine
 from leaf_engine.backends.local.engine import ProduceError, produce
-from leaf_engine.backends.local.executors import ThreadExecutor
+from leaf_engine.backends.local.executors import DaskExecutor, ThreadExecutor, in_groups
 from tests.support.local_runs import (
     SOURCES,
     assert_same_outputs,
@@ -61,11 +62,11 @@ class RecordingExecutor(ThreadExecutor):
         with self.lock:
             self.jobs -= 1
 
-    def submit(self, fn: Any, handle: Any, key: Any, done: Any) -> Any:
+    def submit(self, fn: Any, handle: Any, key: Any, done: Any, group: int | None = None) -> Any:
         with self.lock:
             self.blocks += 1
             self.max_blocks = max(self.max_blocks, self.blocks)
-        return super().submit(fn, handle, key, done)
+        return super().submit(fn, handle, key, done, group)
 
     def release(self, fut: Any) -> None:
         with self.lock:
@@ -182,3 +183,53 @@ def test_a_killed_worker_in_a_multi_job_run_costs_only_its_blocks(sequential, tm
         _request(), out_dir=tmp_path, scenes=str(CATALOG), dask_address=client, progress=False, quicklooks=False,
         block_size=BLOCK, open_jobs=3), wait_s=120)
     _assert_same(output_arrays(tmp_path), output_arrays(ref_dir))
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (8, 5), (1, 7), (3, 3)])
+@pytest.mark.parametrize("groups", [1, 2, 3, 16])
+def test_blocks_in_groups_are_contiguous_bands_submitted_in_turn(shape, groups):
+    rows, cols = shape
+    keys = [(r * 10, c * 10, 10, 10) for r in range(rows) for c in range(cols)]  # row-major, as engine.blocks
+    order = in_groups(keys, groups)
+    assert sorted(k for k, _ in order) == sorted(keys)  # every block once
+    by_group: dict[int | None, list[tuple[int, int, int, int]]] = {}
+    for k, g in order:
+        by_group.setdefault(g, []).append(k)
+    n = len(by_group)
+    assert n == min(groups, max(rows, cols))
+    across = 1 if cols >= rows else 0  # bands across the grid's longer side
+    spans = sorted((min(k[across] for k in b), max(k[across] for k in b)) for b in by_group.values())
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(spans))  # disjoint bands (together: every block)
+    for b in by_group.values():
+        assert b == sorted(b)  # each band row-major
+    if n == 1:  # nothing to keep apart: the blocks as given, placed by the scheduler
+        assert order == [(k, None) for k in keys]
+    else:
+        assert sorted(g for _, g in order[:n]) == list(range(n))  # one block of every band before a second one
+
+
+def _where(shared: Any, key: Any) -> str:
+    import time
+
+    from distributed import get_worker
+
+    time.sleep(0.05)
+    return get_worker().address
+
+
+def test_each_group_of_blocks_runs_on_one_worker(cluster):
+    """On two worker processes the two bands of a job's blocks each run on one worker (the scheduler alone would
+    deal neighbouring blocks out in turn, and both workers would fetch and decode the tiles they share)."""
+    keys = [(r * 10, c * 10, 10, 10) for r in range(4) for c in range(6)]
+    executor = DaskExecutor(cluster)
+    try:
+        assert executor.groups == 2
+        ran = dict(executor.map_unordered(_where, None, keys))
+    finally:
+        executor.close()
+    groups = dict(in_groups(keys, 2))
+    workers = {g: [ran[k] for k in keys if groups[k] == g] for g in (0, 1)}
+    main = {g: max(set(w), key=w.count) for g, w in workers.items()}
+    assert main[0] != main[1]
+    for g, w in workers.items():
+        assert w.count(main[g]) >= 0.75 * len(w), workers  # loosely placed: the scheduler may move one

@@ -26,7 +26,7 @@ from ...sensors import members
 from ...sl2p import load_network_set
 from . import stac_api
 from .allocator import reuse_block_arrays
-from .executors import BlockExecutor, make_executor
+from .executors import BlockExecutor, in_groups, make_executor
 from .masks import describe_masks
 from .pipeline import JobSpec, process_block
 from .quicklook import draw_in_background, quicklooks_enabled, render_quicklooks
@@ -260,7 +260,8 @@ class _Open:
     index: int
     job: Job
     gbox: GeoBox
-    todo: deque[tuple[int, int, int, int]]
+    todo: deque[tuple[tuple[int, int, int, int], int | None]]
+    """The blocks still to submit, with their group (``executors.in_groups``), in submission order."""
     t0: float
     state: str = "preparing"  # → computing → finishing
     prep: _Prepared | None = None
@@ -347,7 +348,8 @@ class _Pipeline:
             i, job = self.next_job, self.jobs[self.next_job]
             self.next_job += 1
             gbox = job.geobox()
-            o = _Open(i, job, gbox, deque(blocks(gbox, self.block_size)), time.perf_counter())
+            o = _Open(i, job, gbox, deque(in_groups(blocks(gbox, self.block_size), self.executor.groups)),
+                      time.perf_counter())
             self.open[i] = o
             o.prep_future = self.preparing.submit(_discover, self.req, job, self.sink, self.source)
             o.prep_future.add_done_callback(lambda f, i=i: self.events.put(("prepared", i, f)))
@@ -356,9 +358,9 @@ class _Pipeline:
         """Submit blocks, oldest open job first, until W are in flight."""
         for job in sorted(self.open.values(), key=lambda o: o.index):
             while job.state == "computing" and job.todo and self.in_flight < self.executor.in_flight:
-                key = job.todo.popleft()
+                key, group = job.todo.popleft()
                 fut = self.executor.submit(_run_block, job.prep.handle, key,  # type: ignore[union-attr]
-                                           lambda f, i=job.index: self.events.put(("block", i, f)))
+                                           lambda f, i=job.index: self.events.put(("block", i, f)), group)
                 job.pending[fut] = key
                 self.in_flight += 1
             if self.in_flight >= self.executor.in_flight:
