@@ -186,6 +186,8 @@ class DaskExecutor:
         return workers
 
     def _worker_of(self, handle: Any, group: int) -> str | None:
+        """The worker of a job's group: the one it was given, else the worker with the fewest groups of the jobs
+        in progress (None while the cluster has no worker)."""
         placed = self._placed.setdefault(handle.key, {})
         workers = self._workers()
         worker = placed.get(group)
