@@ -118,9 +118,9 @@ def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _tanh_parts(x, p4, p3, p2, p1, p0):  # type: ignore[no-untyped-def]
-    """Numerator and denominator of v·tanh(x) for a numerator ``p = v·TANH_P`` (the output weight v folded
-    into P): 8 multiply-adds and one add, all vectorised (libm's tanh does not vectorise).
+def _tanh_times(x, p4, p3, p2, p1, p0):  # type: ignore[no-untyped-def]
+    """v·tanh(x) for a numerator ``p = v·TANH_P`` (the output weight v folded into P): 8 multiply-adds, one add
+    and a division, all vectorised (libm's tanh does not vectorise).
     x·P(x²)/Q(x²) is a near-minimax fit of tanh on [0, 7.9] (Lawson-weighted least squares,
     benchmarks/tanh_bound.py). The clamp is a plain min/max: non-finite inputs are made NaN by the caller."""
     x = min(max(x, np.float32(-TANH_CLAMP)), np.float32(TANH_CLAMP))
@@ -132,14 +132,7 @@ def _tanh_parts(x, p4, p3, p2, p1, p0):  # type: ignore[no-untyped-def]
     q = u + np.float32(TANH_Q[0])
     q = q * u + np.float32(TANH_Q[1])
     q = q * u + np.float32(TANH_Q[2])
-    return p * x, q
-
-
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _tanh_times(x, p4, p3, p2, p1, p0):  # type: ignore[no-untyped-def]
-    """v·tanh(x) for ``p = v·TANH_P``."""
-    n, q = _tanh_parts(x, p4, p3, p2, p1, p0)
-    return n / q
+    return p * x / q
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -269,6 +262,12 @@ def _heads(buf, k, w1, b1, tp, b2, y):
 
 
 @njit(inline="always", cache=True)
+def _in_bitset(bits, code):  # type: ignore[no-untyped-def]
+    """Whether bit ``code`` of the bitset (32-bit words, :func:`domain_bitset`) is set; ``code`` is in range."""
+    return (bits[code >> 5] >> (code & 31)) & 1 == 1
+
+
+@njit(inline="always", cache=True)
 def _lookup_bitset(codef, m, bitset, ood, s):
     """``ood[s + p] = code p not in the bitset`` without branches (NaN and out-of-range codes are outside)."""
     top = bitset.shape[0] * 32.0
@@ -276,9 +275,8 @@ def _lookup_bitset(codef, m, bitset, ood, s):
     for p in range(m):
         c = codef[p]
         valid = (c >= 0.0) & (c < top)  # False for NaN
-        code = np.int64(c if valid else 0.0)
-        bit = (bitset[code >> 5] >> np.uint32(code & 31)) & np.uint32(1)
-        out[p] = not (valid & (bit == np.uint32(1)))
+        code = np.uint32(c if valid else 0.0)
+        out[p] = not (valid & _in_bitset(bitset, code))
 
 
 @njit(inline="always", cache=True)
@@ -355,8 +353,7 @@ def _flags8(raw, m, bits, codes, out):  # type: ignore[no-untyped-def]
         bad |= not ok
     if not bad:
         for p in range(m):
-            code = codes[p]
-            out[p] = ((bits[code >> np.uint32(5)] >> (code & np.uint32(31))) & np.uint32(1)) == np.uint32(0)
+            out[p] = not _in_bitset(bits, codes[p])
     return bad
 
 
