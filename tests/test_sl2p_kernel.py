@@ -150,6 +150,21 @@ def test_fused_dn_and_range_flags_equal_products_encoding(s2):
     assert 0.05 < out.out_of_range.mean() < 0.95
 
 
+def test_dn_encoding_equals_products_encode_at_every_rounding_boundary():
+    """The kernel's DN step on the float32 values next to every half step of every product scale (the values whose
+    DN a fused multiply-add or a float64 sum could move), with NaN, negative and saturating values."""
+    scales = sorted({p.scale for p in products.PRODUCTS.values() if p.dtype == np.uint8 and p.scale != 1})
+    for scale in scales:
+        name = next(n for n, p in products.PRODUCTS.items() if p.scale == scale and p.dtype == np.uint8)
+        p = products.product(name)
+        halves = ((np.arange(-2, p.max_dn + 3) + 0.5) / scale).astype(np.float32)
+        near = halves.view(np.int32)[:, None] + np.arange(-40, 41, dtype=np.int32)[None, :]
+        y = np.concatenate([near.reshape(-1).view(np.float32), np.float32([np.nan, -np.inf, np.inf, 1e30])])
+        dn = np.zeros((1, y.size), np.uint8)
+        kernel._encode_dn(y[None, :], dn, 0, y.size, np.float32([scale]), np.float32(p.max_dn), np.uint8(p.nodata))
+        np.testing.assert_array_equal(dn[0], products.encode(name, y), err_msg=name)
+
+
 CONCURRENT_LAUNCHES = """
 from concurrent.futures import ThreadPoolExecutor
 import numba

@@ -1,9 +1,9 @@
 """Estimates → 8-bit DN for a block, in one compiled pass per product.
 
 The rule is :func:`leaf_engine.products.encode` (DN = round half up of value·scale, clamped to 0..max DN, NaN and
-invalid pixels nodata), evaluated with the same float32 operations in the same order (no fused multiply-add), so
-the DN are bit for bit those of the numpy formulation (``tests/test_local_encode.py``). In numpy it is six passes
-over the block with their temporaries.
+invalid pixels nodata), evaluated with the same float32 operations in the same order (no fused multiply-add) by
+``sl2p.kernel.dn_value``, which the SL2P kernel's DN use too, so the DN are bit for bit those of the numpy
+formulation (``tests/test_local_encode.py``). In numpy it is six passes over the block with their temporaries.
 
 Compiled once at set-up with the other numba functions (``python -m leaf_engine.compiled``) and cached on disk.
 """
@@ -17,17 +17,13 @@ from numba import njit
 
 from ... import products
 from ...compiled import read_only
+from ...sl2p.kernel import dn_value
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _encode(values, ok, scale, max_dn, nodata, out):  # pragma: no cover - compiled
-    half = np.float32(0.5)
-    zero = np.float32(0.0)
     for i in range(values.shape[0]):
-        r = np.floor(values[i] * scale + half)
-        r = zero if r < zero else r
-        r = max_dn if r > max_dn else r
-        out[i] = nodata if (not ok[i]) or np.isnan(r) else np.uint8(r)
+        out[i] = dn_value(values[i], scale, max_dn, nodata) if ok[i] else nodata
 
 
 def encode(name: str, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
