@@ -145,10 +145,12 @@ def test_ndvi_is_zero_where_undefined_as_in_earth_engine():
     np.testing.assert_allclose(composite.ndvi(red, nir), [0.0, 0.0, 0.5], atol=1e-6)
 
 
-@pytest.mark.parametrize("origin", [(0, 0), (100, -100), (300, -300), (700, -700), (1000, -1000), (-50, 50)])
+@pytest.mark.parametrize("origin", [(0, 0), (100, -100), (300, -300), (700, -700), (1000, -1000), (-50, 50),
+                                    (1e-9, -1e-9), (-1e-9, 1e-9), (700, -100), (705, -95), (-5, 5), (5, -5)])
 def test_region_mask_of_a_block_equals_the_rasterized_polygon(origin):
-    """Blocks inside the region polygon (one sharing its edge), straddling it and outside it: the shortcut for
-    blocks the polygon contains gives the pixel-centre rasterization's answer."""
+    """Blocks inside the region polygon (sharing its edge, or a rounding past it), with pixel centres on its edge,
+    straddling it and outside it: the shortcut for blocks whose pixel centres the polygon contains gives the
+    pixel-centre rasterization's answer."""
     from types import SimpleNamespace
 
     import shapely

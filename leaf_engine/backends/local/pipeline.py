@@ -68,7 +68,13 @@ def _inside_region(spec: JobSpec, gbox: GeoBox) -> np.ndarray:
     box = shapely.box(*gbox.extent.boundingbox)
     if not spec.region.intersects(box):
         return np.zeros(shape, dtype=bool)
-    if spec.region.contains(box):  # every pixel centre is inside: no need to rasterize the polygon
+    # Every pixel centre strictly inside the polygon: no need to rasterize it. The centres' rectangle, not the
+    # block's, so that a block whose outer edge runs along (or a rounding past) the region's edge, as the edge
+    # blocks of a region on the grid do, is not rasterized for nothing.
+    h, w = shape
+    centres = shapely.Polygon([gbox.transform * xy for xy in ((0.5, 0.5), (w - 0.5, 0.5), (w - 0.5, h - 0.5),
+                                                              (0.5, h - 0.5))]) if h > 1 and w > 1 else None
+    if centres is not None and spec.region.contains_properly(centres):
         return np.ones(shape, dtype=bool)
     return geometry_mask([spec.region], out_shape=shape, transform=gbox.transform, invert=True)
 
