@@ -75,6 +75,56 @@ def test_bytes_stat_list_exists(sink: Sink, tmp_path: Path) -> None:
     assert not sink.download("x/none.bin", tmp_path / "none.bin")
 
 
+def test_put_file_with_move_stores_the_file_either_way(sink: Sink, tmp_path: Path) -> None:
+    src = tmp_path / "scratch.tif"
+    src.write_bytes(b"cog bytes")
+    sink.put_file("m/one.tif", src, move=True)
+    assert sink.get_bytes("m/one.tif") == b"cog bytes"
+    assert sink.stat("m/one.tif")[0] == 9  # type: ignore[index]
+
+
+def test_local_move_renames_within_a_filesystem_and_files_get_the_umask_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from leaf_engine import sinks
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert sinks.FILE_MODE == 0o666 & ~umask
+    sink = LocalSink(tmp_path / "out")
+    src = tmp_path / "scratch.tif"
+    src.write_bytes(b"cog bytes")
+    inode = src.stat().st_ino
+    sink.put_file("a/one.tif", src, move=True)
+    target = tmp_path / "out" / "a" / "one.tif"
+    assert not src.exists() and target.read_bytes() == b"cog bytes"
+    assert target.stat().st_ino == inode  # renamed, not copied
+    sink.put_bytes("a/one.qml", b"<qgis/>")
+    sink.put_file("a/two.tif", target)  # a copy: the source stays
+    assert target.exists()
+    for name in ("one.tif", "one.qml", "two.tif"):  # not mkstemp's 0600
+        assert stat.S_IMODE((tmp_path / "out" / "a" / name).stat().st_mode) == sinks.FILE_MODE, name
+    before = sink._generation(target)
+    sink.put_file("a/one.tif", tmp_path / "out" / "a" / "two.tif", move=True)  # replacing: the generation moves on
+    assert sink._generation(target) == before + 1 and not (tmp_path / "out" / "a" / "two.tif").exists()
+
+
+def test_local_move_across_filesystems_copies(tmp_path: Path) -> None:
+    import os
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev or not os.access(shm, os.W_OK):
+        pytest.skip("needs a writable second filesystem (/dev/shm)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        src = Path(other) / "scratch.tif"
+        src.write_bytes(b"cog bytes")
+        LocalSink(tmp_path).put_file("x/one.tif", src, move=True)
+        assert (tmp_path / "x" / "one.tif").read_bytes() == b"cog bytes"
+
+
 def test_concurrent_conditional_writes_lose_nothing(sink: Sink) -> None:
     """16 writers each add their name with read-modify-write under preconditions: all 16 names survive."""
     from leaf_engine.catalogue import update_json

@@ -228,7 +228,7 @@ def _finish(req: ProductionRequest, job: Job, prep: _Prepared, outputs: OutputSe
         cogs = outputs.finish()
         for product_name, path in cogs.items():
             name = names[product_name]
-            sink.put_file(name.key(), path)
+            sink.put_file(name.key(), path, move=True)  # the job's scratch COG: renamed where it can be
             summary.files.append(name.key())
             style = name.key().removesuffix(".tif") + ".qml"  # QGIS applies a .qml of the same name on opening
             qml = prep.styles.result()[product_name] if prep.styles is not None else \
